@@ -80,7 +80,7 @@ def read_labels(path: str | os.PathLike, *, max_label: int | None = None) -> np.
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename, so readers never see half."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename: readers never see half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
