@@ -1,0 +1,46 @@
+# The two commands of the README, plus helpers. Everything runs inside .venv, created on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+PIP_FLAGS ?= --quiet --disable-pip-version-check
+INSTALL_INPUTS := pyproject.toml constraints.txt
+# pytest workers and thread counts for the 2-core CI machine
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint format install clean-venv
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) $(PIP_FLAGS) install --upgrade pip
+
+# Stamps make the install idempotent: re-run only when the dependency declarations change.
+$(VENV)/.stamp-run: $(PY) $(INSTALL_INPUTS)
+	$(PIP) $(PIP_FLAGS) install -c constraints.txt -e .
+	@touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-run $(INSTALL_INPUTS)
+	$(PIP) $(PIP_FLAGS) install -c constraints.txt -e ".[test]"
+	@touch $@
+
+install: $(VENV)/.stamp-run
+
+## make demo: generate ToyVOS, run the main job on it and print its result table.
+demo: $(VENV)/.stamp-run
+	$(VENV)/bin/voszoo-bench
+
+## make test: install voszoo[test] and run the whole test suite.
+test: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check voszoo tests benchmarks
+	$(VENV)/bin/ruff format --check voszoo tests benchmarks
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff check voszoo tests benchmarks
+
+format: $(VENV)/.stamp-test
+	$(VENV)/bin/ruff format voszoo tests benchmarks
+	$(VENV)/bin/ruff check --fix voszoo tests benchmarks
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,188 @@
+"""Per-video memory: what a VOS model has written about past frames, and the policies that decide what stays.
+
+A :class:`MemoryBank` keeps *long-term* entries (the reference frame and frames selected by a :class:`MemoryPolicy`)
+and one *short-term* entry (the most recent frame written). Models write their own tensors (keys, values, identity
+embeddings, masks, flow, ...) through :meth:`MemoryBank.write` and read them back with :meth:`MemoryBank.entries`
+or :meth:`MemoryBank.stack`; the bank never interprets them. Every policy takes ``max_frames``, a hard cap on the
+long-term entries shared by all methods, so that any method runs a long video in bounded memory.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "MemoryEntry",
+    "MemoryPolicy",
+    "KeepAll",
+    "EveryN",
+    "FirstAndPrevious",
+    "FixedCount",
+    "MemoryBank",
+]
+
+
+@dataclass
+class MemoryEntry:
+    """What a model wrote about one frame. ``tensors`` is model-defined, e.g. ``{"key": (B, C, H, W), ...}``."""
+
+    frame_index: int
+    tensors: dict[str, Tensor]
+
+
+class MemoryPolicy(ABC):
+    """Decides which written frames become long-term entries and which long-term entry leaves when over the cap.
+
+    Frame indices are relative to the bank's first write (the reference frame), so a policy behaves the same for an
+    object that first appears mid-video.
+    """
+
+    def __init__(self, *, max_frames: int | None = None) -> None:
+        if max_frames is not None and max_frames < 1:
+            raise ValueError(f"max_frames must be None or >= 1, got {max_frames}")
+        self.max_frames = max_frames
+
+    @abstractmethod
+    def keep(self, relative_index: int, long_term: list[MemoryEntry]) -> bool:
+        """Whether the frame written at ``relative_index`` frames after the reference joins the long-term entries."""
+
+    def capacity(self) -> int | None:
+        """Largest number of long-term entries the policy allows (``None`` = unbounded)."""
+        return self.max_frames
+
+    def evict(self, long_term: list[MemoryEntry]) -> int:
+        """Index into ``long_term`` of the entry to drop when over capacity. Default: the oldest after the reference."""
+        return 1 if len(long_term) > 1 else 0
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+class KeepAll(MemoryPolicy):
+    """Every frame is a long-term entry (training on short clips; ``max_frames`` still applies)."""
+
+    def keep(self, relative_index: int, long_term: list[MemoryEntry]) -> bool:
+        return True
+
+
+class EveryN(MemoryPolicy):
+    """The reference frame and every ``n``-th frame after it (STM's evaluation: ``n = 5``; AOT's long-term gap).
+
+    STM (Oh et al., ICCV 2019, Sec. 3.3 "we save a new memory frame every 5 frames") and AOT (``long_term_mem_gap``)
+    both count frames since the reference; with one write per frame the two rules coincide, so both presets use
+    this class with different ``n``.
+    """
+
+    def __init__(self, *, n: int = 5, max_frames: int | None = None) -> None:
+        super().__init__(max_frames=max_frames)
+        if n < 1:
+            raise ValueError(f"EveryN: n must be >= 1, got {n}")
+        self.n = n
+
+    def keep(self, relative_index: int, long_term: list[MemoryEntry]) -> bool:
+        return relative_index % self.n == 0
+
+
+class FirstAndPrevious(MemoryPolicy):
+    """Only the reference frame is long-term; the previous frame is always the short-term entry."""
+
+    def keep(self, relative_index: int, long_term: list[MemoryEntry]) -> bool:
+        return relative_index == 0
+
+
+class FixedCount(MemoryPolicy):
+    """A fixed total of ``count`` memory frames: the reference, the previous frame and ``count - 2`` frames between.
+
+    SITVOS (Lan et al., AAAI 2022, Sec. 3.5, Inference) samples intermediate frames dynamically with the total fixed
+    at N = 7. The paper does not say how; voszoo keeps every frame as a candidate and, once over capacity, drops the
+    intermediate frame whose removal leaves the most even spacing (the one whose two neighbours are closest), so the
+    kept frames stay spread over the whole past at a bounded cost. ``count`` includes the short-term (previous)
+    frame, so the long-term capacity is ``count - 1``.
+    """
+
+    def __init__(self, *, count: int = 7, max_frames: int | None = None) -> None:
+        super().__init__(max_frames=max_frames)
+        if count < 2:
+            raise ValueError(f"FixedCount: count must be >= 2 (reference + previous), got {count}")
+        self.count = count
+
+    def keep(self, relative_index: int, long_term: list[MemoryEntry]) -> bool:
+        return True
+
+    def capacity(self) -> int:
+        cap = self.count - 1
+        return cap if self.max_frames is None else min(cap, self.max_frames)
+
+    def evict(self, long_term: list[MemoryEntry]) -> int:
+        if len(long_term) <= 2:
+            return len(long_term) - 1
+        indices = [entry.frame_index for entry in long_term]
+        # candidate i in 1..len-2: the gap left behind if it goes is indices[i+1] - indices[i-1]; drop the smallest,
+        # the later one on ties so older context survives.
+        spans = [(indices[i + 1] - indices[i - 1], -i) for i in range(1, len(indices) - 1)]
+        return -min(spans)[1]
+
+
+@dataclass
+class MemoryBank:
+    """The memory of one video (or of one group of objects in it).
+
+    ``state`` holds model-defined per-video values that are not memory frames (e.g. the previous probabilities for
+    motion priors, the previous image for optical flow, object counts).
+    """
+
+    policy: MemoryPolicy
+    long_term: list[MemoryEntry] = field(default_factory=list)
+    short_term: MemoryEntry | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    reference_index: int | None = None
+
+    def write(self, frame_index: int, tensors: dict[str, Tensor]) -> None:
+        """Record what the model computed for ``frame_index``: always the new short-term entry; long-term if the
+        policy keeps it, evicting per policy while above capacity (the reference frame is never evicted)."""
+        if self.reference_index is None:
+            self.reference_index = frame_index
+        entry = MemoryEntry(frame_index, tensors)
+        self.short_term = entry
+        relative = frame_index - self.reference_index
+        if relative == 0 or self.policy.keep(relative, self.long_term):
+            self.long_term.append(entry)
+            capacity = self.policy.capacity()
+            while capacity is not None and len(self.long_term) > max(capacity, 1):
+                drop = self.policy.evict(self.long_term)
+                if drop == 0 and len(self.long_term) > 1:
+                    drop = 1  # the reference frame always stays
+                del self.long_term[drop]
+
+    def entries(self, *, include_short_term: bool = True) -> list[MemoryEntry]:
+        """Long-term entries in write order, then the short-term one if it is not already among them."""
+        entries = list(self.long_term)
+        if include_short_term and self.short_term is not None and all(e is not self.short_term for e in entries):
+            entries.append(self.short_term)
+        return entries
+
+    @property
+    def frame_indices(self) -> list[int]:
+        return [entry.frame_index for entry in self.entries()]
+
+    def stack(self, name: str, *, dim: int = 2, include_short_term: bool = True) -> Tensor:
+        """Concatenate tensor ``name`` of every entry along ``dim`` (e.g. keys (B, C, H, W) -> (B, C, T, H, W) with
+        ``dim=2`` after unsqueezing). Each entry's tensor is unsqueezed at ``dim`` first."""
+        entries = self.entries(include_short_term=include_short_term)
+        if not entries:
+            raise RuntimeError("MemoryBank.stack: the memory is empty; memorize the reference frame first")
+        try:
+            return torch.stack([entry.tensors[name] for entry in entries], dim=dim)
+        except KeyError as error:
+            raise KeyError(
+                f"MemoryBank.stack: no tensor {name!r} in memory; have {sorted(entries[0].tensors)}"
+            ) from error
+
+    def __len__(self) -> int:
+        return len(self.entries())

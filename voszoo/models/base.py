@@ -1,0 +1,135 @@
+"""The contract every voszoo model implements, so that one trainer and one inference session serve all methods.
+
+A model answers four calls (DESIGN.md, section 3):
+
+- ``encode(image) -> FrameFeatures``: per-frame features, computed once per frame and reused by the two calls below
+  (SITVOS's Siamese feature reuse, BATMAN's flow input and MUNet's previous-frame features all come from here).
+- ``memorize(memory, feats, probs, frame_index)``: write the frame and its soft mask into the memory bank.
+- ``segment(memory, feats) -> logits``: read the memory and decode the frame, (B, N+1, H, W), background first.
+- ``multi_object``: ``"joint"`` (all objects at once through identities, e.g. AOT, BATMAN; at most ``max_objects``
+  per pass, the session groups larger sets) or ``"per_object"`` (objects batched inside the model, then soft
+  aggregation, e.g. STM, SITVOS, MUNet, MGA).
+
+Training runs the same calls: :meth:`VOSModel.forward` unrolls a clip frame by frame (sequence training: the first
+frame is memorised with its ground truth, every later frame with the model's own soft prediction) and returns the
+losses. The trainer only ever sees ``out = model(clip); out["loss"].backward()``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from voszoo.inference.memory import KeepAll, MemoryBank, MemoryPolicy
+
+if TYPE_CHECKING:
+    from voszoo.types import Clip
+
+__all__ = ["FrameFeatures", "VOSModel", "labels_to_probs"]
+
+IGNORE_LABEL = 255
+
+
+@dataclass
+class FrameFeatures:
+    """Features of one frame.
+
+    ``image`` is the (B, 3, H, W) normalised input; ``maps`` holds named feature maps (e.g. ``"s4"``, ``"s8"``,
+    ``"s16"`` for strides 4, 8, 16, each (B, C_s, H/s, W/s)); ``cache`` holds method-specific tensors computed on
+    the way (e.g. the query key and value) so that ``memorize`` can reuse what ``segment`` already computed.
+    """
+
+    image: Tensor
+    maps: dict[str, Tensor] = field(default_factory=dict)
+    cache: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.image.shape[-2]), int(self.image.shape[-1])
+
+
+def labels_to_probs(labels: Tensor, num_objects: int) -> Tensor:
+    """One-hot probabilities of a label map: (B, H, W) int -> (B, N+1, H, W) float, background first.
+
+    Ignore pixels (255) and ids above ``num_objects`` count as background: a memory frame must be a distribution.
+    """
+    labels = labels.long()
+    clean = torch.where((labels == IGNORE_LABEL) | (labels > num_objects), torch.zeros_like(labels), labels)
+    return F.one_hot(clean, num_objects + 1).permute(0, 3, 1, 2).float()
+
+
+class VOSModel(nn.Module, ABC):
+    """Base class of every voszoo model; see the module docstring for the contract.
+
+    Subclasses set ``multi_object`` and ``stride`` (inputs must be multiples of it: the session pads), implement
+    ``encode``, ``memorize`` and ``segment``, and receive a built ``criterion`` (a module mapping logits and labels
+    to a dict of named losses with the total under ``"loss"``).
+    """
+
+    multi_object: ClassVar[Literal["joint", "per_object"]]
+    stride: ClassVar[int] = 16
+    max_objects: int | None = None
+
+    def __init__(self, *, criterion: nn.Module | None = None) -> None:
+        super().__init__()
+        self.criterion = criterion
+
+    # -- the contract -------------------------------------------------------------------------------------------
+    @abstractmethod
+    def encode(self, image: Tensor) -> FrameFeatures:
+        """image: (B, 3, H, W) normalised, H and W multiples of ``stride``."""
+
+    @abstractmethod
+    def memorize(self, memory: MemoryBank, feats: FrameFeatures, probs: Tensor, frame_index: int) -> None:
+        """Write frame ``frame_index`` into ``memory``. probs: (B, N+1, H, W), background first, summing to 1."""
+
+    @abstractmethod
+    def segment(self, memory: MemoryBank, feats: FrameFeatures) -> Tensor:
+        """Read ``memory`` for the frame of ``feats``.
+
+        Returns logits (B, N+1, H, W) with N = ``memory.state["num_objects"]``, background first.
+        """
+
+    def new_memory(self, policy: MemoryPolicy, *, num_objects: int) -> MemoryBank:
+        """An empty memory bank for a video with ``num_objects`` objects (the largest count in the batch)."""
+        if self.max_objects is not None and num_objects > self.max_objects:
+            raise ValueError(
+                f"{type(self).__name__} segments at most {self.max_objects} objects jointly, got {num_objects}; "
+                "the inference session splits larger sets into groups"
+            )
+        return MemoryBank(policy=policy, state={"num_objects": num_objects})
+
+    # -- training -----------------------------------------------------------------------------------------------
+    def forward(self, clip: Clip) -> dict[str, Tensor]:
+        """Unroll a training clip through encode / segment / memorize and compute the losses.
+
+        Returns ``{"loss": total, <named losses>..., "logits": (B, T-1, N+1, H, W)}`` for frames 1..T-1.
+        """
+        if self.criterion is None:
+            raise RuntimeError(f"{type(self).__name__} was built without a criterion; it can only run inference")
+        images, labels = clip.images, clip.labels
+        num_frames = images.shape[1]
+        if num_frames < 2:
+            raise ValueError(f"a training clip needs at least 2 frames, got {num_frames}")
+        num_objects = max(int(clip.num_objects.max()), 1)
+        memory = self.new_memory(KeepAll(), num_objects=num_objects)
+        feats = self.encode(images[:, 0])
+        self.memorize(memory, feats, labels_to_probs(labels[:, 0], num_objects), 0)
+        all_logits = []
+        for t in range(1, num_frames):
+            feats = self.encode(images[:, t])
+            logits = self.segment(memory, feats)
+            all_logits.append(logits)
+            if t < num_frames - 1:
+                self.memorize(memory, feats, torch.softmax(logits, dim=1), t)
+        stacked = torch.stack(all_logits, dim=1)
+        losses = self.criterion(stacked, labels[:, 1:], num_objects=clip.num_objects)
+        return {**losses, "logits": stacked}
+
+    def extra_repr(self) -> str:
+        return f"multi_object={self.multi_object!r}, stride={self.stride}"
