@@ -1,8 +1,34 @@
 """voszoo: a modular benchmark library of semi-supervised video object segmentation architectures.
 
-Importing this package is light: it imports no model file, initialises nothing and touches no file.
+Importing this package is light: it imports no model file, initialises nothing and touches no file. The registry
+functions below read the config tree (``conf/model``) when called.
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "create_model", "list_components", "list_models"]
+
+
+def list_models() -> list[str]:
+    """Names of the model presets (``conf/model/<name>.yaml``)."""
+    from voszoo.models.registry import list_models as _list_models
+
+    return _list_models()
+
+
+def list_components(slot: str) -> list[str]:
+    """Components registered for a slot (``conf/model/<slot>/<name>.yaml``), e.g. ``list_components("memory")``."""
+    from voszoo.models.registry import list_components as _list_components
+
+    return _list_components(slot)
+
+
+def create_model(name: str, *, overrides: list[str] | tuple[str, ...] = (), **values: Any) -> Any:
+    """Build model preset ``name`` with random weights; see :func:`voszoo.models.registry.create_model`."""
+    from voszoo.models.registry import create_model as _create_model
+
+    return _create_model(name, overrides=overrides, **values)

@@ -16,7 +16,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from voszoo.instantiate import ConfigError, build
 
-__all__ = ["RESERVED_MODEL_KEYS", "build_model", "build_memory_policy"]
+__all__ = [
+    "RESERVED_MODEL_KEYS",
+    "build_model",
+    "build_memory_policy",
+    "compose_model_config",
+    "create_model",
+    "list_components",
+    "list_models",
+]
 
 RESERVED_MODEL_KEYS = ("name", "memory")
 
@@ -40,3 +48,73 @@ def build_memory_policy(cfg: DictConfig | dict[str, Any], **overrides: Any) -> A
     if "memory" not in cfg:
         raise ConfigError(f"model config {cfg.get('name', '<unnamed>')!r} has no 'memory' policy node")
     return build(cfg.memory, key="model.memory", **overrides)
+
+
+def list_models() -> list[str]:
+    """Names of the model presets: the files ``conf/model/<name>.yaml``."""
+    from voszoo._paths import conf_dir
+
+    return sorted(path.stem for path in (conf_dir() / "model").glob("*.yaml"))
+
+
+def list_components(slot: str) -> list[str]:
+    """Names of the components that can fill ``slot`` (a folder of ``conf/model``, e.g. ``"memory"``)."""
+    from voszoo._paths import conf_dir
+
+    root = conf_dir() / "model"
+    slots = sorted(path.name for path in root.iterdir() if path.is_dir())
+    if slot not in slots:
+        raise ValueError(f"unknown component slot {slot!r}; valid slots: {', '.join(slots)}")
+    return sorted(path.stem for path in (root / slot).glob("*.yaml"))
+
+
+def compose_model_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The composed config node of model preset ``name`` with Hydra overrides relative to the model node
+    (``"decoder.mid_channels=128"``, ``"memory=fixed_count"``, ``"backbone@query_encoder=resnet18"``).
+
+    Uses Hydra's compose API without leaving global state behind, and restores a caller's own Hydra instance.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from voszoo._paths import conf_dir
+
+    valid = list_models()
+    if name not in valid:
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(valid)}")
+    hydra_overrides = [f"+model={name}"]
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise ValueError(f"override {override!r} must have the form key=value")
+        group_key = key.split("@")[0]
+        is_group = "." not in group_key and (conf_dir() / "model" / group_key).is_dir()
+        hydra_overrides.append(f"model/{key}={value}" if is_group else f"model.{key}={value}")
+    global_hydra = GlobalHydra.instance()
+    saved = global_hydra.hydra if global_hydra.is_initialized() else None
+    global_hydra.clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="voszoo"):
+            cfg = compose(overrides=hydra_overrides)
+    finally:
+        GlobalHydra.instance().clear()
+        if saved is not None:
+            GlobalHydra.instance().initialize(saved)
+    return cfg.model
+
+
+def create_model(name: str, *, overrides: list[str] | tuple[str, ...] = (), **values: Any) -> Any:
+    """Build model preset ``name``; keyword ``values`` override model config keys (``create_model("stm",
+    **{"decoder.mid_channels": 128})``), ``overrides`` are Hydra override strings relative to the model node."""
+    extra = [f"{key}={_override_value(value)}" for key, value in values.items()]
+    return build_model(compose_model_config(name, [*overrides, *extra]))
+
+
+def _override_value(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_override_value(v) for v in value) + "]"
+    return str(value)

@@ -1,0 +1,186 @@
+"""One video at a time through any voszoo model: the only path the evaluator and the CLI use.
+
+The session owns everything per-video that is not a model's business (DESIGN.md, section 3):
+resizing and padding to the model stride and back, object ids (any set, e.g. YouTube-VOS's 1, 3, 7), objects that
+first appear mid-video, more objects than a joint model's identity bank holds, horizontal-flip test-time
+augmentation, ``no_grad`` and autocast on GPU.
+
+Objects are tracked in *groups*: the objects that appear on the same frame form one group (split into chunks of
+``model.max_objects`` for joint models), and each group has its own :class:`MemoryBank` whose reference frame is
+the frame the group appeared on. Every frame is encoded once and the features are shared by all groups. The groups'
+foreground probabilities are merged by soft aggregation (background = prod(1 - p_k), Oh et al. ICCV 2019, Sec. 3.4)
+and each group memorises the merged result for its own objects, so that groups agree about who owns a pixel.
+With a single group the model's own probabilities are used unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from voszoo.inference.memory import MemoryBank, MemoryPolicy
+from voszoo.inference.preprocess import FrameGeometry, image_to_tensor
+from voszoo.layers.aggregation import soft_aggregate
+from voszoo.models.base import VOSModel
+
+__all__ = ["InferenceSession", "StepResult"]
+
+
+@dataclass
+class StepResult:
+    """Output of one frame. ``labels``: (H, W) int64 with the caller's object ids (0 = background);
+    ``probs``: (K+1, H, W) float32 at the original size, channel 0 background then ``object_ids`` in order."""
+
+    labels: np.ndarray
+    probs: Tensor
+    object_ids: list[int]
+
+
+@dataclass
+class _Group:
+    object_ids: list[int]
+    memories: list[MemoryBank]  # one per test-time view (identity, then horizontal flip)
+
+
+class InferenceSession:
+    """Segments one video frame by frame.
+
+    Args:
+        model: a built :class:`VOSModel` (put in eval mode by the session).
+        policy_factory: returns a fresh :class:`MemoryPolicy` for each new memory bank (policies may hold state).
+        device: where the model runs.
+        short_side: resize frames so their shorter side has this length before inference (None: original size).
+        flip: average with a horizontally flipped view (each view keeps its own memory).
+        amp: autocast dtype on CUDA (``"bf16"``, ``"fp16"`` or None); ignored on CPU.
+    """
+
+    def __init__(
+        self,
+        model: VOSModel,
+        *,
+        policy_factory: Callable[[], MemoryPolicy],
+        device: torch.device | str = "cpu",
+        short_side: int | None = None,
+        flip: bool = False,
+        amp: str | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.policy_factory = policy_factory
+        self.device = torch.device(device)
+        self.short_side = short_side
+        self.views = (False, True) if flip else (False,)
+        if amp not in (None, "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
+        self.amp = amp
+        self.geometry: FrameGeometry | None = None
+        self.groups: list[_Group] = []
+        self.frame_index = 0
+
+    @property
+    def object_ids(self) -> list[int]:
+        return [obj for group in self.groups for obj in group.object_ids]
+
+    def _autocast(self):
+        if self.amp is None or self.device.type != "cuda":
+            return nullcontext()
+        return torch.autocast("cuda", dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
+
+    def _new_groups(self, ids: list[int]) -> list[_Group]:
+        chunk = self.model.max_objects if self.model.multi_object == "joint" and self.model.max_objects else len(ids)
+        groups = []
+        for start in range(0, len(ids), chunk):
+            members = ids[start : start + chunk]
+            memories = [self.model.new_memory(self.policy_factory(), num_objects=len(members)) for _ in self.views]
+            groups.append(_Group(object_ids=members, memories=memories))
+        return groups
+
+    @torch.no_grad()
+    def step(self, image: np.ndarray, new_labels: np.ndarray | None = None) -> StepResult:
+        """Segment the next frame.
+
+        image: (H, W, 3) uint8 RGB. new_labels: (H, W) integer label map giving the masks of objects that appear on
+        this frame (required on the first frame; ids already tracked are ignored; 255 and 0 are not objects).
+        """
+        height, width = image.shape[:2]
+        if self.geometry is None:
+            if new_labels is None:
+                raise ValueError("the first frame of a video needs new_labels (its reference masks)")
+            self.geometry = FrameGeometry.create((height, width), stride=self.model.stride, short_side=self.short_side)
+        elif (height, width) != self.geometry.original:
+            raise ValueError(
+                f"frame {self.frame_index} is {height}x{width}, the video started at {self.geometry.original}"
+            )
+        new_ids: list[int] = []
+        if new_labels is not None:
+            if new_labels.shape != (height, width):
+                raise ValueError(
+                    f"new_labels of frame {self.frame_index} are {new_labels.shape}, the frame {height}x{width}"
+                )
+            present = [int(v) for v in np.unique(new_labels) if v not in (0, 255)]
+            new_ids = [obj for obj in present if obj not in self.object_ids]
+
+        with self._autocast():
+            probs = self._segment_and_memorize(image, new_labels, new_ids)
+        self.frame_index += 1
+        full = self.geometry.from_model(probs.float()).squeeze(0)
+        full = full / full.sum(dim=0, keepdim=True).clamp_min(1e-12)
+        ids = self.object_ids
+        lookup = np.array([0, *ids], dtype=np.int64)
+        labels = lookup[full.argmax(dim=0).cpu().numpy()]
+        if new_labels is not None and new_ids:
+            # the given masks of newly appearing objects are ground truth on their first frame
+            given = np.isin(new_labels, new_ids)
+            labels[given] = new_labels[given]
+        return StepResult(labels=labels, probs=full.cpu(), object_ids=ids)
+
+    def _segment_and_memorize(self, image: np.ndarray, new_labels: np.ndarray | None, new_ids: list[int]) -> Tensor:
+        geometry = self.geometry
+        assert geometry is not None
+        frame = geometry.to_model(image_to_tensor(image, device=self.device))
+        view_frames = [frame.flip(-1) if flipped else frame for flipped in self.views]
+        view_feats = [self.model.encode(x) for x in view_frames]
+
+        # foreground probability of every tracked object, (K, hp, wp), averaged over views
+        old_groups = list(self.groups)
+        foreground = []
+        for group in old_groups:
+            per_view = []
+            for view, (flipped, feats) in enumerate(zip(self.views, view_feats, strict=True)):
+                p = torch.softmax(self.model.segment(group.memories[view], feats).float(), dim=1)[0, 1:]
+                per_view.append(p.flip(-1) if flipped else p)
+            foreground.append(torch.stack(per_view).mean(0))
+
+        if new_ids:
+            assert new_labels is not None
+            given = torch.from_numpy(new_labels.astype(np.int64)).to(self.device)[None, None].float()
+            given = geometry.to_model(given, mode="nearest")[0, 0].long()
+            new_masks = torch.stack([(given == obj).float() for obj in new_ids])
+            if foreground:
+                keep = 1.0 - new_masks.sum(0, keepdim=True).clamp(max=1.0)
+                foreground = [p * keep for p in foreground]
+            foreground.append(new_masks)
+            self.groups.extend(self._new_groups(new_ids))
+
+        fg = torch.cat(foreground, dim=0) if foreground else torch.zeros(0, *geometry.padded, device=self.device)
+        single_source = (len(old_groups) == 1 and not new_ids) or not old_groups
+        if single_source:  # one group's own distribution, or only given masks: nothing to reconcile
+            probs = torch.cat([1.0 - fg.sum(0, keepdim=True), fg], dim=0).clamp_min(0)[None]
+        else:
+            probs = torch.softmax(soft_aggregate(fg[None]), dim=1)
+
+        # each group memorises the merged probabilities of its own objects, background = the rest
+        offset = 0
+        for group in self.groups:
+            count = len(group.object_ids)
+            own = probs[:, 1 + offset : 1 + offset + count]
+            offset += count
+            group_probs = torch.cat([(1.0 - own.sum(1, keepdim=True)).clamp_min(0), own], dim=1)
+            for view, (flipped, feats) in enumerate(zip(self.views, view_feats, strict=True)):
+                view_probs = group_probs.flip(-1) if flipped else group_probs
+                self.model.memorize(group.memories[view], feats, view_probs, self.frame_index)
+        return probs
