@@ -1,0 +1,124 @@
+"""Predict whole videos and datasets: the copy-first-frame baseline and any model through an InferenceSession.
+
+Both predictors yield one (H, W) label map per frame of a :class:`VideoSource`, so the evaluator, the CLI and the
+leaderboard treat a trained model and the baseline alike. Semi-supervised input is taken from the video itself: the
+label maps of the frames in ``video.first_appearance`` (frame 0 for DAVIS, later frames too for YouTube-VOS).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from voszoo.data.io import write_labels
+from voszoo.data.video import VideoCollection, VideoSource
+from voszoo.inference.memory import MemoryPolicy
+
+__all__ = ["VideoPredictor", "CopyFirstFrame", "SessionPredictor", "PredictionStats", "predict_collection"]
+
+
+class VideoPredictor(Protocol):
+    name: str
+
+    def predict(self, video: VideoSource) -> Iterator[np.ndarray]:
+        """Yield a (H, W) integer label map for every frame of ``video``, in order."""
+        ...
+
+
+def _reference_masks(video: VideoSource, index: int) -> np.ndarray | None:
+    """Label map of the objects that first appear on frame ``index`` (others zeroed), or None if none do."""
+    new_ids = [obj for obj, first in video.first_appearance.items() if first == index]
+    if not new_ids:
+        return None
+    labels = video.labels(index)
+    return np.where(np.isin(labels, new_ids), labels, 0).astype(np.uint8)
+
+
+class CopyFirstFrame:
+    """Baseline: every frame's prediction is the reference mask of each object (objects appearing later are pasted
+    over the running label map from their first frame on)."""
+
+    name = "copy_first_frame"
+
+    def predict(self, video: VideoSource) -> Iterator[np.ndarray]:
+        current = np.zeros(video.size, dtype=np.uint8)
+        for index in range(video.num_frames):
+            given = _reference_masks(video, index)
+            if given is not None:
+                current = np.where(given > 0, given, current)
+            yield current.copy()
+
+
+class SessionPredictor:
+    """A model run through a fresh :class:`InferenceSession` per video (keyword arguments go to the session)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        *,
+        name: str,
+        policy_factory: Callable[[], MemoryPolicy],
+        **session_kwargs,
+    ) -> None:
+        self.model = model
+        self.name = name
+        self.policy_factory = policy_factory
+        self.session_kwargs = session_kwargs
+
+    def predict(self, video: VideoSource) -> Iterator[np.ndarray]:
+        from voszoo.inference.session import InferenceSession
+
+        session = InferenceSession(self.model, policy_factory=self.policy_factory, **self.session_kwargs)
+        for index in range(video.num_frames):
+            yield session.step(video.frame(index), _reference_masks(video, index)).labels
+
+
+@dataclass
+class PredictionStats:
+    """Frames and wall-clock seconds per video (prediction only, PNG writing excluded)."""
+
+    frames: dict[str, int]
+    seconds: dict[str, float]
+
+    @property
+    def fps(self) -> float:
+        total = sum(self.seconds.values())
+        return sum(self.frames.values()) / total if total > 0 else float("inf")
+
+
+def predict_collection(
+    predictor: VideoPredictor,
+    collection: VideoCollection,
+    out_dir: str | Path,
+    *,
+    sequences: list[str] | None = None,
+    progress: bool = True,
+) -> PredictionStats:
+    """Predict every video of ``collection`` and write ``out_dir/<seq>/<frame>.png`` palette label maps."""
+    out_dir = Path(out_dir)
+    names = list(sequences) if sequences is not None else list(collection.sequences)
+    stats = PredictionStats(frames={}, seconds={})
+    bar = tqdm(names, desc=f"predict {predictor.name}", unit="video", disable=None if progress else True)
+    for name in bar:
+        video = collection.video(name)
+        elapsed, outputs = 0.0, []
+        iterator = predictor.predict(video)
+        while True:
+            start = time.perf_counter()
+            labels = next(iterator, None)
+            elapsed += time.perf_counter() - start
+            if labels is None:
+                break
+            outputs.append(labels)
+        for frame_name, labels in zip(video.frame_names, outputs, strict=True):
+            write_labels(out_dir / name / f"{frame_name}.png", labels)
+        stats.frames[name], stats.seconds[name] = len(outputs), elapsed
+        bar.set_postfix(fps=f"{len(outputs) / max(elapsed, 1e-9):.1f}")
+    return stats
