@@ -10,20 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "FrameGeometry", "image_to_tensor"]
+from voszoo.data.transforms import normalize_image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["FrameGeometry", "image_to_tensor"]
 
 
 def image_to_tensor(image: np.ndarray, *, device: torch.device | str = "cpu") -> Tensor:
-    """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32, ImageNet mean/std normalised."""
+    """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 on ``device``, ImageNet mean/std normalised."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}")
-    tensor = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=tensor.device).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=tensor.device).view(3, 1, 1)
-    return ((tensor - mean) / std).unsqueeze(0)
+    return normalize_image(image).unsqueeze(0).to(device)
 
 
 @dataclass(frozen=True)
