@@ -1,6 +1,6 @@
 """Tiny real VOS models for testing the engine (session, trainer) without a backbone.
 
-``AffinityModel`` follows the contract exactly: encode pools the image to stride 4 and embeds it with one conv,
+``AffinityModel`` follows the contract exactly: encode pools the image by ``pool`` and embeds it with one conv,
 memorize stores (key, soft mask) per frame, segment reads the memory by softmax affinity (an STM-style read on
 raw features) and decodes per-object probabilities; multi-object is ``per_object`` or ``joint`` by argument.
 """
@@ -19,8 +19,16 @@ class AffinityModel(VOSModel):
     stride = 4
     multi_object = "per_object"
 
-    def __init__(self, *, channels: int = 8, joint_capacity: int | None = None, criterion: nn.Module | None = None):
+    def __init__(
+        self,
+        *,
+        channels: int = 8,
+        pool: int = 4,
+        joint_capacity: int | None = None,
+        criterion: nn.Module | None = None,
+    ):
         super().__init__(criterion=criterion)
+        self.pool = pool
         self.embed = nn.Conv2d(3, channels, 3, padding=1)
         self.temperature = nn.Parameter(torch.tensor(4.0))
         if joint_capacity is not None:
@@ -30,7 +38,7 @@ class AffinityModel(VOSModel):
 
     def encode(self, image: Tensor) -> FrameFeatures:
         self.encode_calls += 1
-        key = F.normalize(self.embed(F.avg_pool2d(image, self.stride)), dim=1)
+        key = F.normalize(self.embed(F.avg_pool2d(image, self.pool)), dim=1)
         return FrameFeatures(image=image, maps={"s4": key})
 
     def memorize(self, memory: MemoryBank, feats: FrameFeatures, probs: Tensor, frame_index: int) -> None:
