@@ -102,8 +102,9 @@ class FixedCount(MemoryPolicy):
     SITVOS (Lan et al., AAAI 2022, Sec. 3.5, Inference) samples intermediate frames dynamically with the total fixed
     at N = 7. The paper does not say how; voszoo keeps every frame as a candidate and, once over capacity, drops the
     intermediate frame whose removal leaves the most even spacing (the one whose two neighbours are closest), so the
-    kept frames stay spread over the whole past at a bounded cost. ``count`` includes the short-term (previous)
-    frame, so the long-term capacity is ``count - 1``.
+    kept frames stay spread over the whole past at a bounded cost. Every frame enters as a candidate, so the
+    previous frame is the newest long-term entry and ``count`` is the long-term capacity. ``max_frames`` caps the
+    total here; for the other policies it caps the long-term entries, the previous frame coming on top.
     """
 
     def __init__(self, *, count: int = 7, max_frames: int | None = None) -> None:
@@ -116,8 +117,7 @@ class FixedCount(MemoryPolicy):
         return True
 
     def capacity(self) -> int:
-        cap = self.count - 1
-        return cap if self.max_frames is None else min(cap, self.max_frames)
+        return self.count if self.max_frames is None else min(self.count, self.max_frames)
 
     def evict(self, long_term: list[MemoryEntry]) -> int:
         if len(long_term) <= 2:

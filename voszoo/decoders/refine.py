@@ -1,0 +1,98 @@
+"""STM's refinement decoder: fuse the memory read at stride 16, refine with skip connections up to stride 4.
+
+Oh et al., "Video Object Segmentation using Space-Time Memory Networks", ICCV 2019, Sec. 3.3 "Decoder" (after the
+refinement module of RGMP, Oh et al. CVPR 2018); official code github.com/seoungwugoh/STM ``model.py``
+(``Decoder``, ``Refine``, ``ResBlock``). Also SITVOS's segmentation decoder (Lan et al., AAAI 2022, Sec. 3.4) and
+MUNet's. Layout, as in the official code:
+
+    x (stride 16) -> fuse: 3x3 conv to ``hidden`` -> residual block
+    for each skip (coarse to fine): refine = conv_skip(skip) -> residual block, + bilinear x2 of the coarser output,
+                                    -> residual block
+    pred: ReLU, 3x3 conv to ``out_channels`` at stride 4 -> bilinear upsampling to the input size.
+
+Residual blocks are pre-activation without normalisation: x + conv2(relu(conv1(relu(x)))), all 3x3 with bias.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["RefineDecoder", "RefineBlock", "ResidualBlock"]
+
+
+class ResidualBlock(nn.Module):
+    """x + conv2(relu(conv1(relu(x)))), 3x3 convolutions, same channels (STM ``ResBlock``). (B, C, H, W) -> same."""
+
+    def __init__(self, *, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+
+
+class RefineBlock(nn.Module):
+    """Merge a skip feature with the upsampled coarser decoder output (STM ``Refine``).
+
+    ``forward(skip (B, C_skip, H, W), coarse (B, C, H', W')) -> (B, C, H, W)``; ``coarse`` is bilinearly resized to
+    the skip's size (x2 in STM, where every size is a multiple of the stride).
+    """
+
+    def __init__(self, *, skip_channels: int, channels: int) -> None:
+        super().__init__()
+        self.conv_skip = nn.Conv2d(skip_channels, channels, kernel_size=3, padding=1)
+        self.res_skip = ResidualBlock(channels=channels)
+        self.res_out = ResidualBlock(channels=channels)
+
+    def forward(self, skip: Tensor, coarse: Tensor) -> Tensor:
+        s = self.res_skip(self.conv_skip(skip))
+        up = F.interpolate(coarse, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.res_out(s + up)
+
+
+class RefineDecoder(nn.Module):
+    """STM's decoder (see the module docstring).
+
+    Args:
+        in_channels: channels of the stride-16 input (STM: 1024 = memory read 512 + query value 512).
+        skip_channels: channels of the skip features, coarse to fine (STM with ResNet-50: (512, 256) for the
+            stride-8 ``res3`` and stride-4 ``res2``; ResNet-18: (128, 64)).
+        hidden_channels: decoder width (STM: 256).
+        out_channels: output channels (STM: 2, background and foreground of one object).
+
+    ``forward(x (B, in_channels, h, w), skips: [(B, skip_channels[k], H_k, W_k)...], *, output_size=None)``
+    returns logits (B, out_channels, H, W): ``output_size`` if given, else 4x the last skip's size (STM's x4).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int = 1024,
+        skip_channels: Sequence[int] = (512, 256),
+        hidden_channels: int = 256,
+        out_channels: int = 2,
+    ) -> None:
+        super().__init__()
+        self.skip_channels = tuple(int(c) for c in skip_channels)
+        self.fuse = nn.Conv2d(in_channels, hidden_channels, kernel_size=3, padding=1)
+        self.res = ResidualBlock(channels=hidden_channels)
+        self.refines = nn.ModuleList(RefineBlock(skip_channels=c, channels=hidden_channels) for c in self.skip_channels)
+        self.pred = nn.Conv2d(hidden_channels, out_channels, kernel_size=3, padding=1)
+
+    def forward(self, x: Tensor, skips: Sequence[Tensor], *, output_size: tuple[int, int] | None = None) -> Tensor:
+        if len(skips) != len(self.refines):
+            raise ValueError(f"RefineDecoder: expected {len(self.refines)} skip features, got {len(skips)}")
+        for k, (skip, channels) in enumerate(zip(skips, self.skip_channels, strict=True)):
+            if skip.shape[1] != channels:
+                raise ValueError(f"RefineDecoder: skips[{k}] must have {channels} channels, got {tuple(skip.shape)}")
+        m = self.res(self.fuse(x))
+        for refine, skip in zip(self.refines, skips, strict=True):
+            m = refine(skip, m)
+        p = self.pred(F.relu(m))
+        if output_size is None:
+            return F.interpolate(p, scale_factor=4, mode="bilinear", align_corners=False)
+        return F.interpolate(p, size=tuple(output_size), mode="bilinear", align_corners=False)

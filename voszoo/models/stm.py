@@ -1,0 +1,187 @@
+"""STM: Space-Time Memory networks.
+
+Oh, Lee, Xu and Kim, "Video Object Segmentation using Space-Time Memory Networks", ICCV 2019. Official code:
+github.com/seoungwugoh/STM (``model.py``, ``eval_DAVIS.py``; inference only, no training code). STM is the baseline
+of SITVOS, MUNet and MGA (shared/papers/003, 002, 004, Sec. 2.1).
+
+Components (paper Sec. 3.1 "Key and Value Embedding" to Sec. 3.4 "Multi-object Segmentation" -> voszoo):
+
+- memory encoder: ResNet-50 up to ``res4`` on the frame plus the object mask and the other-objects mask
+  (:class:`voszoo.backbones.ResNetBackbone` with ``extra_input_channels=2``);
+- query encoder: ResNet-50 up to ``res4`` on the frame (``res3``, ``res2`` are the decoder's skips);
+- key/value embedding: two 3x3 convolutions 1024 -> 128 (key) and 512 (value), one pair for the memory and one
+  for the query (:class:`voszoo.layers.KeyValueProjection`);
+- space-time memory read: softmax over all T*H*W memory positions of key dot products, values summed with it, then
+  concatenated with the query value (:class:`voszoo.layers.SpaceTimeMemoryRead`);
+- decoder: refinement decoder, 2 output channels per object (:class:`voszoo.decoders.RefineDecoder`);
+- multi-object: every object is segmented independently (objects batched into the batch dimension) and the
+  foreground probabilities are merged by soft aggregation (:func:`voszoo.layers.soft_aggregate`).
+
+Where the paper is silent, voszoo follows the official code:
+
+- the key similarity is scaled by 1/sqrt(C_k) before the softmax (``Memory.forward``);
+- the memory encoder's "other objects" input for object i is clamp(sum_{j != i} p_j, 0, 1) over the memorised
+  probabilities p (``STM.memorize``); at evaluation those are the soft-aggregated probabilities of the previous
+  prediction (``eval_DAVIS.py`` memorises ``Es = softmax(logit)``), not a thresholded mask;
+- each object's decoder output is a 2-way softmax whose foreground channel enters soft aggregation, clamped to
+  [1e-7, 1 - 1e-7] (``aggregation_eps``);
+- images are normalised outside the model (the official encoders hold the ImageNet ``mean``/``std`` as buffers;
+  :mod:`voszoo.models.convert` checks they are the ImageNet values);
+- memory schedule at evaluation: reference frame, every 5th frame, plus the previous frame (``eval_DAVIS.py``,
+  ``Mem_every=5``) -> the ``every_n`` policy with ``n = 5`` (``conf/model/memory/every_n.yaml``).
+
+voszoo's own choices (the official code has a single sample per batch and no training loop):
+
+- objects a sample does not have (samples in a batch with fewer than N objects get all-zero masks) are *absent*:
+  an object is present if its probability is > 0 somewhere in the first frame written to the memory bank, or
+  > ``presence_threshold`` somewhere in a later one (an object appearing later in the same bank); absent objects
+  get probability 0 before soft aggregation, as the official code's zero padding does. The flags live in
+  ``memory.state["objects_present"]`` (B, N) bool;
+- training (paper, "Two-stage Training": clips of three frames; cross-entropy loss) unrolls through
+  :meth:`VOSModel.forward`: each predicted frame is memorised with its soft probabilities, gradients flowing
+  through the memory (the official repository has no training code).
+
+The official-size model has 38,925,570 parameters (38.9M); :mod:`voszoo.models.convert` loads the official
+checkpoint into it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from voszoo.inference.memory import MemoryBank
+from voszoo.layers.aggregation import soft_aggregate
+from voszoo.models.base import FrameFeatures, VOSModel
+
+__all__ = ["STM"]
+
+PRESENT_KEY = "objects_present"
+
+
+class STM(VOSModel):
+    """Space-Time Memory network assembled from built parts (see the module docstring).
+
+    Args:
+        memory_encoder: ``(image (B, 3, H, W), extra (B, 2, H, W)) -> {"s16": (B, C, H/16, W/16), ...}``, where
+            ``extra`` stacks the object mask and the other-objects mask.
+        query_encoder: ``image (B, 3, H, W) -> {"s16", *skip_scales}`` feature maps.
+        memory_key_value, query_key_value: ``features (B, C, h, w) -> (key (B, C_k, h, w), value (B, C_v, h, w))``.
+        reader: ``(memory_key (B, C_k, T, h, w), memory_value (B, C_v, T, h, w), query_key, query_value) ->
+            (B, C_read, h, w)``, e.g. :class:`voszoo.layers.SpaceTimeMemoryRead`.
+        decoder: ``(read, skips, *, output_size) -> (B, 2, H, W)`` logits (background, foreground).
+        criterion: training losses (see :class:`voszoo.losses.SegmentationCriterion`); None for inference only.
+        skip_scales: query feature maps passed to the decoder, coarse to fine.
+        aggregation_eps: clamp of soft aggregation.
+        presence_threshold: probability above which an object first written after the reference counts as present.
+    """
+
+    multi_object = "per_object"
+    stride = 16
+
+    def __init__(
+        self,
+        *,
+        memory_encoder: nn.Module,
+        query_encoder: nn.Module,
+        memory_key_value: nn.Module,
+        query_key_value: nn.Module,
+        reader: nn.Module,
+        decoder: nn.Module,
+        criterion: nn.Module | None = None,
+        skip_scales: Sequence[str] = ("s8", "s4"),
+        aggregation_eps: float = 1e-7,
+        presence_threshold: float = 0.5,
+    ) -> None:
+        super().__init__(criterion=criterion)
+        extra = getattr(memory_encoder, "extra_input_channels", 2)
+        if extra != 2:
+            raise ValueError(
+                f"STM: the memory encoder takes the object mask and the other-objects mask, so it must be built "
+                f"with extra_input_channels=2, got {extra}"
+            )
+        self.memory_encoder = memory_encoder
+        self.query_encoder = query_encoder
+        self.memory_key_value = memory_key_value
+        self.query_key_value = query_key_value
+        self.reader = reader
+        self.decoder = decoder
+        self.skip_scales = tuple(skip_scales)
+        self.aggregation_eps = aggregation_eps
+        self.presence_threshold = presence_threshold
+
+    # -- the contract -------------------------------------------------------------------------------------------
+    def encode(self, image: Tensor) -> FrameFeatures:
+        """Query encoder and query key/value: maps ``s4``, ``s8``, ``s16``; cache ``key`` (B, C_k, H/16, W/16),
+        ``value`` (B, C_v, H/16, W/16)."""
+        maps = self.query_encoder(image)
+        key, value = self.query_key_value(maps["s16"])
+        return FrameFeatures(image=image, maps=dict(maps), cache={"key": key, "value": value})
+
+    def memorize(self, memory: MemoryBank, feats: FrameFeatures, probs: Tensor, frame_index: int) -> None:
+        """Encode the frame once per object and write ``key`` (B, N, C_k, h, w) and ``value`` (B, N, C_v, h, w).
+
+        probs: (B, N+1, H, W), background first; object i's encoder input is the frame, p_i and
+        clamp(sum_{j != i} p_j, 0, 1).
+        """
+        num_objects = self._num_objects(memory, probs, "memorize")
+        batch = probs.shape[0]
+        image = feats.image
+        fg = probs[:, 1:].to(image.dtype)  # (B, N, H, W)
+        other = (fg.sum(dim=1, keepdim=True) - fg).clamp(0.0, 1.0)
+        extra = torch.stack([fg, other], dim=2).flatten(0, 1)  # (B*N, 2, H, W)
+        images = image.repeat_interleave(num_objects, dim=0)  # (B*N, 3, H, W), object-major within a sample
+        features = self.memory_encoder(images, extra)["s16"]
+        key, value = self.memory_key_value(features)
+        self._update_presence(memory, fg)
+        memory.write(
+            frame_index,
+            {"key": key.unflatten(0, (batch, num_objects)), "value": value.unflatten(0, (batch, num_objects))},
+        )
+
+    def segment(self, memory: MemoryBank, feats: FrameFeatures) -> Tensor:
+        """Read the memory per object, decode, soft-aggregate: logits (B, N+1, H, W), float32 or wider."""
+        num_objects = int(memory.state["num_objects"])
+        keys = memory.stack("key", dim=3)  # (B, N, C_k, T, h, w)
+        values = memory.stack("value", dim=3)  # (B, N, C_v, T, h, w)
+        batch = keys.shape[0]
+        if keys.shape[1] != num_objects:
+            raise ValueError(f"STM.segment: memory holds {keys.shape[1]} objects, state says {num_objects}")
+
+        def per_object(x: Tensor) -> Tensor:
+            return x.repeat_interleave(num_objects, dim=0)
+
+        read = self.reader(
+            keys.flatten(0, 1), values.flatten(0, 1), per_object(feats.cache["key"]), per_object(feats.cache["value"])
+        )
+        skips = [per_object(feats.maps[scale]) for scale in self.skip_scales]
+        logits = self.decoder(read, skips, output_size=feats.size)  # (B*N, 2, H, W)
+        # soft aggregation in at least float32 (under autocast the decoder may run in half precision)
+        fg = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=1)[:, 1]
+        fg = fg.unflatten(0, (batch, num_objects))
+        return soft_aggregate(fg, eps=self.aggregation_eps, present=memory.state.get(PRESENT_KEY))
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _num_objects(memory: MemoryBank, probs: Tensor, where: str) -> int:
+        num_objects = int(memory.state["num_objects"])
+        if num_objects < 1:
+            raise ValueError(f"STM.{where}: the memory bank has no objects (num_objects={num_objects})")
+        if probs.ndim != 4 or probs.shape[1] != num_objects + 1:
+            raise ValueError(
+                f"STM.{where}: probs must be (B, N+1={num_objects + 1}, H, W) for this memory, got {tuple(probs.shape)}"
+            )
+        return num_objects
+
+    def _update_presence(self, memory: MemoryBank, fg: Tensor) -> None:
+        peak = fg.detach().flatten(2).amax(dim=-1)  # (B, N)
+        previous = memory.state.get(PRESENT_KEY)
+        if memory.reference_index is None or previous is None:  # the first write: the given masks
+            memory.state[PRESENT_KEY] = peak > 0
+        else:
+            memory.state[PRESENT_KEY] = previous | (peak > self.presence_threshold)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, skip_scales={self.skip_scales}"
