@@ -1,0 +1,129 @@
+"""voszoo-train: train any model preset with the shared trainer, then score it (Hydra app, conf/train.yaml).
+
+    voszoo-train model=stm_r18 data=toyvos trainer=quick
+    voszoo-train -m model=stm_r18 optim.lr=1e-4,3e-5          # a sweep: one job per combination
+    torchrun --nproc_per_node 2 -m voszoo.train trainer.device=cpu ...
+
+Every job writes ``metrics.json`` (J&F, J, F, FPS, checkpoint path, steps) in its Hydra output dir.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from voszoo.cli_common import evaluate_model, hydra_entry, prepare_data, resolve_device
+
+__all__ = ["main", "train"]
+
+logger = logging.getLogger("voszoo.train")
+
+_NOT_TRAINER_ARGS = ("eval_every",)
+
+
+def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Build everything ``cfg`` describes, train, evaluate; returns (and writes) the job's metrics."""
+    from voszoo.engine import EvalHook, Trainer, WandbHook, build_optimizer, seed_everything
+    from voszoo.evaluation.pipeline import write_metrics
+    from voszoo.instantiate import build
+    from voszoo.models.registry import build_model
+    from voszoo.types import collate_clips
+
+    output_dir = Path(output_dir)
+    seed_everything(int(cfg.seed))
+    prepare_data(cfg.data)
+    model = build_model(cfg.model)
+    dataset = build(cfg.data.train, key="data.train")
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    optimizer = build_optimizer(
+        model,
+        name=optim["name"],
+        lr=optim["lr"],
+        weight_decay=optim["weight_decay"],
+        betas=tuple(optim["betas"]),
+        encoder_lr_mult=optim["encoder_lr_mult"],
+    )
+    schedule = build(cfg.schedule, key="schedule", base_lr=optim["lr"], total_steps=int(cfg.trainer.max_steps))
+    trainer_args = {
+        k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in _NOT_TRAINER_ARGS
+    }
+    trainer_args["device"] = resolve_device(trainer_args.get("device", "auto"))
+
+    hooks: list[Any] = []
+    if cfg.logger.get("wandb"):
+        wandb_cfg = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
+        hooks.append(WandbHook(config=OmegaConf.to_container(cfg, resolve=True), **wandb_cfg))
+    eval_collection = build(cfg.data.eval, key="data.eval") if cfg.evaluate else None
+
+    def evaluate(model_to_score: Any, tag: str) -> dict[str, Any]:
+        return evaluate_model(
+            model_to_score,
+            cfg.model,
+            eval_collection,
+            output_dir / f"eval_{tag}",
+            device=trainer_args["device"],
+            max_videos=cfg.eval.max_videos,
+            short_side=cfg.eval.short_side,
+            flip=cfg.eval.flip,
+        )
+
+    if cfg.trainer.get("eval_every") and eval_collection is not None:
+        every = int(cfg.trainer.eval_every)
+        hooks.append(EvalHook(lambda m: _scores(evaluate(m, "periodic")), every=every, at_end=False))
+
+    trainer = Trainer(
+        model=model,
+        data=dataset,
+        optimizer=optimizer,
+        schedule=schedule,
+        output_dir=output_dir,
+        collate_fn=collate_clips,
+        hooks=hooks,
+        seed=int(cfg.seed),
+        model_name=str(cfg.model.name),
+        config=OmegaConf.to_container(cfg, resolve=True),
+        **trainer_args,
+    )
+    last = trainer.fit(resume=cfg.resume)
+    metrics: dict[str, Any] = {
+        "model": str(cfg.model.name),
+        "data": str(cfg.data.name),
+        "steps": trainer.step,
+        "checkpoint": str(output_dir / "last.pt"),
+        "train_loss": last.get("loss"),
+    }
+    if trainer.is_main and eval_collection is not None:
+        scores = evaluate(trainer.model, "final")
+        metrics.update(_scores(scores))
+        metrics["fps"] = scores["fps"]
+        if trainer.ema_model is not None:
+            metrics.update({f"ema/{k}": v for k, v in _scores(evaluate(trainer.ema_model, "ema")).items()})
+    if trainer.is_main:
+        write_metrics(output_dir, metrics)
+        logger.info("metrics: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    from voszoo.engine import destroy_distributed
+
+    destroy_distributed()
+    return metrics
+
+
+def _scores(result: dict[str, Any]) -> dict[str, float]:
+    return {k: float(result[k]) for k in ("J&F", "J", "F") if k in result}
+
+
+def _task(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+
+    metrics = train(cfg, HydraConfig.get().runtime.output_dir)
+    return metrics.get("J&F")
+
+
+def main() -> None:
+    hydra_entry(_task, "train")
+
+
+if __name__ == "__main__":
+    main()
