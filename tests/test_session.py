@@ -98,6 +98,7 @@ def test_resize_and_padding_round_trip_to_original_size() -> None:
     session = InferenceSession(colour_model(), policy_factory=FirstAndPrevious, short_side=36)
     outputs = run(session, frames, labels, appear)
     assert all(o.shape == (50, 50) for o in outputs)
+    np.testing.assert_array_equal(outputs[0], labels[0])  # the reference frame survives the resize exactly
     assert iou(outputs[-1] == 1, labels[-1] == 1) > 0.6
 
 

@@ -133,8 +133,11 @@ class InferenceSession:
         lookup = np.array([0, *ids], dtype=np.int64)
         labels = lookup[full.argmax(dim=0).cpu().numpy()]
         if new_labels is not None and new_ids:
-            # the given masks of newly appearing objects are ground truth on their first frame
+            # the given masks of newly appearing objects are ground truth on their first frame; on the first frame
+            # of a video they are the whole answer (resizing must not blur them)
             given = np.isin(new_labels, new_ids)
+            if len(ids) == len(new_ids):
+                labels[:] = 0
             labels[given] = new_labels[given]
         return StepResult(labels=labels, probs=full.cpu(), object_ids=ids)
 
