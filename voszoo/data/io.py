@@ -13,7 +13,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["VOSDataError", "DAVIS_PALETTE", "read_image", "read_labels", "write_labels", "atomic_write_bytes"]
+__all__ = [
+    "VOSDataError",
+    "DAVIS_PALETTE",
+    "open_image",
+    "read_image",
+    "read_labels",
+    "write_labels",
+    "atomic_write_bytes",
+]
 
 
 class VOSDataError(ValueError):
@@ -38,7 +46,8 @@ DAVIS_PALETTE: np.ndarray = _davis_palette()
 """(256, 3) uint8: colour of label k is DAVIS_PALETTE[k]; label 0 is black, 255 (void) is (224, 224, 192)."""
 
 
-def _open(path: Path) -> Image.Image:
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Open and fully decode an image file (PIL), raising VOSDataError naming the file if it is missing or broken."""
     path = Path(path)
     if not path.is_file():
         raise VOSDataError(f"{path}: file not found")
@@ -52,7 +61,7 @@ def _open(path: Path) -> Image.Image:
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an RGB frame. Returns (H, W, 3) uint8."""
-    return np.asarray(_open(Path(path)).convert("RGB"))
+    return np.asarray(open_image(path).convert("RGB"))
 
 
 def read_labels(path: str | os.PathLike, *, max_label: int | None = None) -> np.ndarray:
@@ -62,7 +71,7 @@ def read_labels(path: str | os.PathLike, *, max_label: int | None = None) -> np.
     matched to a palette, which is ambiguous. ``max_label`` rejects values above it other than 255 (void).
     """
     path = Path(path)
-    image = _open(path)
+    image = open_image(path)
     if image.mode in ("P", "L"):
         labels = np.asarray(image, dtype=np.uint8)
     elif image.mode in ("1", "I", "I;16"):
