@@ -1,0 +1,123 @@
+"""The Hydra entry points end to end on a tiny ToyVOS: train -> checkpoint -> eval -> scores, the leaderboard,
+a multirun sweep, and the errors a user sees for a wrong checkpoint or an unknown component."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+TINY_DATA = ["data.generate.videos=5", "data.generate.frames=5", "data.generate.size=[64,64]"]
+QUICK = [
+    "model=stm_r18",
+    "trainer=quick",
+    "trainer.max_steps=2",
+    "trainer.batch_size=1",
+    "trainer.num_workers=0",
+    "trainer.checkpoint_every=1",
+    "schedule.warmup_steps=1",
+    "data.train.transform.size=[64,64]",
+    "data.train.max_objects=2",
+]
+
+
+def run(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=cwd, capture_output=True, text=True, timeout=600, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A 2-step stm_r18 run on a 5-video ToyVOS; returns (work dir, run dir)."""
+    work = tmp_path_factory.mktemp("entry")
+    run_dir = work / "run"
+    done = run("voszoo.train", *QUICK, *TINY_DATA, f"data.root={work / 'toy'}", f"hydra.run.dir={run_dir}", cwd=work)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return work, run_dir
+
+
+def test_train_writes_checkpoint_and_metrics(trained: tuple[Path, Path]) -> None:
+    _, run_dir = trained
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["model"] == "stm_r18" and metrics["steps"] == 2
+    assert 0.0 <= metrics["J&F"] <= 1.0 and metrics["J&F"] == pytest.approx((metrics["J"] + metrics["F"]) / 2)
+    assert Path(metrics["checkpoint"]).is_file()
+    assert (run_dir / "eval_final" / "global_results-val.csv").is_file()
+    assert (run_dir / "eval_final" / "predictions" / "toy_val_000" / "00004.png").is_file()
+
+
+def test_eval_reproduces_the_training_run_scores(trained: tuple[Path, Path]) -> None:
+    work, run_dir = trained
+    out = work / "eval"
+    done = run(
+        "voszoo.evaluate",
+        "model=stm_r18",
+        *TINY_DATA,
+        f"data.root={work / 'toy'}",
+        f"checkpoint={run_dir / 'last.pt'}",
+        f"hydra.run.dir={out}",
+        cwd=work,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    scored = json.loads((out / "metrics.json").read_text())
+    trained_metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert scored["J&F"] == pytest.approx(trained_metrics["J&F"], abs=1e-9)
+    assert "J&F-Mean" in done.stdout
+
+
+def test_eval_rejects_a_checkpoint_of_another_model(trained: tuple[Path, Path]) -> None:
+    work, run_dir = trained
+    common = [*TINY_DATA, f"data.root={work / 'toy'}", f"hydra.run.dir={work / 'bad'}"]
+    done = run("voszoo.evaluate", "model=stm", f"checkpoint={run_dir / 'last.pt'}", *common, cwd=work)
+    assert done.returncode != 0
+    assert "stm_r18" in done.stderr and "last.pt" in done.stderr
+    corrupt = work / "corrupt.pt"
+    corrupt.write_bytes((run_dir / "last.pt").read_bytes()[:1000])
+    done = run("voszoo.evaluate", "model=stm_r18", f"checkpoint={corrupt}", *common, cwd=work)
+    assert done.returncode != 0 and "corrupt.pt" in done.stderr
+
+
+def test_unknown_component_lists_the_valid_ones(tmp_path: Path) -> None:
+    done = run("voszoo.train", "model/memory=nope", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
+    assert done.returncode != 0
+    assert "nope" in done.stderr and "every_n" in done.stderr
+
+
+def test_multirun_sweep_writes_one_metrics_file_per_job(trained: tuple[Path, Path]) -> None:
+    work, _ = trained
+    sweep = work / "sweep"
+    done = run(
+        "voszoo.train",
+        "-m",
+        *QUICK,
+        "trainer.max_steps=1",
+        "optim.lr=1e-4,3e-4",
+        "evaluate=false",
+        *TINY_DATA,
+        f"data.root={work / 'toy'}",
+        f"hydra.sweep.dir={sweep}",
+        cwd=work,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    assert jobs == ["0", "1"]
+    lrs = sorted(OmegaConf.load(sweep / j / ".hydra" / "config.yaml").optim.lr for j in jobs)
+    assert lrs == [1e-4, 3e-4]
+
+
+def test_bench_prints_the_board_and_reports_failed_entries(trained: tuple[Path, Path]) -> None:
+    work, _ = trained
+    out = work / "bench"
+    entries = "entries=[{name: copy_first_frame, baseline: copy_first_frame}, {name: broken, baseline: nope}]"
+    done = run("voszoo.benchmark", entries, *TINY_DATA, f"data.root={work / 'toy'}", f"hydra.run.dir={out}", cwd=work)
+    assert done.returncode == 1  # a failed row makes the run fail, after the others finished
+    assert "| copy_first_frame | ok |" in done.stdout
+    assert "| broken | failed: entry 'broken': unknown baseline 'nope'" in done.stdout
+    rows = json.loads((out / "leaderboard.json").read_text())["rows"]
+    assert rows[0]["status"] == "ok" and 0.0 <= rows[0]["J&F"] <= 1.0
+    assert (out / "leaderboard.md").read_text().count("\n|") == 4  # header, rule, two rows
