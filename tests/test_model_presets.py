@@ -2,13 +2,13 @@
 
 import pytest
 import torch
+from clips_util import tiny_clip
 from hydra import compose, initialize_config_dir
 
 from voszoo._paths import conf_dir
 from voszoo.inference.memory import MemoryPolicy
 from voszoo.models.base import VOSModel
 from voszoo.models.registry import build_memory_policy, build_model
-from voszoo.types import Clip
 
 PRESETS = sorted(path.stem for path in (conf_dir() / "model").glob("*.yaml"))
 
@@ -16,19 +16,6 @@ PRESETS = sorted(path.stem for path in (conf_dir() / "model").glob("*.yaml"))
 def compose_model(*overrides):
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         return compose(overrides=list(overrides)).model
-
-
-def tiny_clip():
-    g = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 3, (2, 3, 64, 64), generator=g)
-    labels[1][labels[1] == 2] = 0
-    return Clip(
-        images=torch.randn(2, 3, 3, 64, 64, generator=g),
-        labels=labels,
-        num_objects=torch.tensor([2, 1]),
-        names=["a", "b"],
-        frame_indices=torch.arange(3).repeat(2, 1),
-    )
 
 
 def test_stm_presets_are_registered():
@@ -44,7 +31,7 @@ def test_preset_builds_and_runs(preset):
     assert isinstance(model, VOSModel)
     assert isinstance(build_memory_policy(cfg), MemoryPolicy)
     with torch.no_grad():
-        out = model(tiny_clip())
+        out = model(tiny_clip(void_corner=False))
     assert out["logits"].shape[:2] == (2, 2) and out["logits"].shape[-2:] == (64, 64)
     assert torch.isfinite(out["loss"])
 

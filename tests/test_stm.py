@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
+from clips_util import tiny_clip
 from torch import nn
 
 from voszoo.backbones import ResNetBackbone
@@ -15,7 +16,6 @@ from voszoo.layers import KeyValueProjection, SpaceTimeMemoryRead, soft_aggregat
 from voszoo.losses import SegmentationCriterion
 from voszoo.models.base import labels_to_probs
 from voszoo.models.stm import STM
-from voszoo.types import Clip
 
 
 def logit(p):
@@ -32,20 +32,6 @@ def tiny_stm(*, criterion=True, memory_encoder=None):
         reader=SpaceTimeMemoryRead(),
         decoder=RefineDecoder(in_channels=64, skip_channels=(128, 64), hidden_channels=32),
         criterion=SegmentationCriterion(bootstrap_ratio=0.5, jaccard_weight=0.5) if criterion else None,
-    )
-
-
-def tiny_clip(*, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, 3, (2, 3, 64, 64), generator=g)
-    labels[1][labels[1] == 2] = 0  # sample 1 has a single object
-    labels[0, :, :4, :4] = 255
-    return Clip(
-        images=torch.randn(2, 3, 3, 64, 64, generator=g),
-        labels=labels,
-        num_objects=torch.tensor([2, 1]),
-        names=["a", "b"],
-        frame_indices=torch.arange(3).repeat(2, 1),
     )
 
 
