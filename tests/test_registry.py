@@ -52,3 +52,12 @@ def test_importing_voszoo_is_light() -> None:
     code = "import sys, voszoo; print(any(m.startswith(('torch', 'hydra', 'voszoo.models')) for m in sys.modules))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def test_quick_experiment_only_changes_what_it_says() -> None:
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        base = compose(config_name="train", overrides=["model=stm_r18", "trainer=quick"])
+        quick = compose(config_name="train", overrides=["experiment=stm_quick"])
+    assert quick.model == base.model  # the architecture is the preset's
+    assert (quick.optim.lr, quick.optim.encoder_lr_mult, quick.trainer.max_steps) == (3e-4, 1.0, 400)
+    assert list(quick.data.train.transform.size) == [96, 96] and quick.data.eval == base.data.eval
