@@ -33,24 +33,27 @@ def load_weights(model: Any, cfg: DictConfig) -> str:
     path = Path(cfg.checkpoint)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: file not found")
-    if _is_official_stm(path):
+    official = _official_stm_state(path)
+    if official is not None:
         from voszoo.models.convert import load_official_stm
 
-        load_official_stm(model, path, strict=True)
+        load_official_stm(model, official, strict=True)  # the dict already read: no second read of the file
         return f"{path} (official STM weights)"
     load_model_weights(model, path, model_name=str(cfg.model.name), use_ema=bool(cfg.use_ema))
     return str(path)
 
 
-def _is_official_stm(path: Path) -> bool:
-    """True for a plain state dict in the official STM layout (its memory key/value head names)."""
+def _official_stm_state(path: Path) -> dict | None:
+    """The file's state dict if it is a plain state dict in the official STM layout (its memory key/value head
+    names), else None (voszoo checkpoints, and unreadable files, which get their error from the checkpoint reader)."""
     import torch
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - unreadable files get their error from the voszoo checkpoint reader
-        return False
-    return isinstance(state, dict) and any(str(k).split("module.")[-1].startswith("KV_M_r4.") for k in state)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return None
+    is_stm = isinstance(state, dict) and any(str(k).split("module.")[-1].startswith("KV_M_r4.") for k in state)
+    return state if is_stm else None
 
 
 def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:

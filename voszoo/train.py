@@ -26,7 +26,14 @@ _NOT_TRAINER_ARGS = ("eval_every",)
 
 def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Build everything ``cfg`` describes, train, evaluate; returns (and writes) the job's metrics."""
-    from voszoo.engine import EvalHook, Trainer, WandbHook, build_optimizer, seed_everything
+    from voszoo.engine import (
+        EvalHook,
+        Trainer,
+        WandbHook,
+        build_optimizer,
+        destroy_distributed,
+        seed_everything,
+    )
     from voszoo.evaluation.pipeline import write_metrics
     from voszoo.instantiate import build
     from voszoo.models.registry import build_model
@@ -104,8 +111,6 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     if trainer.is_main:
         write_metrics(output_dir, metrics)
         logger.info("metrics: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
-    from voszoo.engine import destroy_distributed
-
     destroy_distributed()
     return metrics
 
