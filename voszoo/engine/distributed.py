@@ -105,6 +105,19 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
     return reduced / dist.get_world_size()
 
 
+def average_gradients(parameters: list[torch.Tensor]) -> None:
+    """Average the gradients of ``parameters`` over the processes in place (what DDP's reducer does, for steps
+    that bypass it, e.g. the trainer's sequence learning). Parameters without a gradient count as zero."""
+    if not _initialized():
+        return
+    world = dist.get_world_size()
+    for parameter in parameters:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        dist.all_reduce(parameter.grad)
+        parameter.grad.div_(world)
+
+
 def all_gather_objects(obj: Any) -> list[Any]:
     """Every process's ``obj`` (picklable), in rank order; ``[obj]`` in a single process."""
     if not (_initialized() and dist.get_world_size() > 1):

@@ -54,6 +54,7 @@ from voszoo.engine.distributed import (
     DistContext,
     all_gather_objects,
     all_reduce_mean,
+    average_gradients,
     barrier,
     init_distributed,
     shard_indices,
@@ -147,6 +148,11 @@ class Trainer:
         channels_last: use the channels-last memory format (CUDA only).
         find_unused_parameters: passed to ``DistributedDataParallel``.
         progress: show the tqdm progress bar.
+        truncate_frames: sequence learning (Zhou et al., shared/papers/004, Sec. 2.2): unroll each clip through
+            the model's ``training_chunks`` and back-propagate every so many predicted frames, so that long clips
+            (e.g. whole videos, ``data.train.num_frames=20``) train in memory bounded by the chunk, not the clip.
+            None: one ``model(batch)`` and one backward per micro-batch. Needs a :class:`~voszoo.models.base.VOSModel`.
+        memory_frames: with ``truncate_frames``, the cap on long-term memory frames while unrolling (None: all).
     """
 
     def __init__(
@@ -181,6 +187,8 @@ class Trainer:
         channels_last: bool = True,
         find_unused_parameters: bool = False,
         progress: bool = True,
+        truncate_frames: int | None = None,
+        memory_frames: int | None = None,
     ) -> None:
         for arg, value, low in (
             ("max_steps", max_steps, 1),
@@ -194,6 +202,12 @@ class Trainer:
         ):
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"Trainer: {arg} must be an integer >= {low}, got {value!r}")
+        if truncate_frames is not None and (not isinstance(truncate_frames, int) or truncate_frames < 1):
+            raise ValueError(f"Trainer: truncate_frames must be None or an integer >= 1, got {truncate_frames!r}")
+        if truncate_frames is not None and not callable(getattr(model, "training_chunks", None)):
+            raise ValueError(
+                f"Trainer: truncate_frames needs a model with training_chunks (a VOSModel), got {type(model).__name__}"
+            )
         if clip_grad_norm is not None and clip_grad_norm <= 0:
             raise ValueError(f"Trainer: clip_grad_norm must be > 0 or None, got {clip_grad_norm}")
         if amp not in AMP_MODES:
@@ -246,6 +260,7 @@ class Trainer:
         self.init_from = Path(init_from) if init_from is not None else None
         self.config = plain_config(dict(config)) if config is not None else None
         self.find_unused_parameters = find_unused_parameters
+        self.truncate_frames, self.memory_frames = truncate_frames, memory_frames
         builtin: list[Hook] = [ConsoleHook(every=log_every, progress_bar=progress)]
         if checkpoint_every > 0:
             builtin.append(CheckpointHook(every=checkpoint_every))
@@ -545,6 +560,25 @@ class Trainer:
             return nullcontext()
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16 if self.amp == "bf16" else torch.float16)
 
+    def _backward_chunks(self, batch: Any) -> dict[str, torch.Tensor]:
+        """Sequence learning: back-propagate each chunk of ``truncate_frames`` predicted frames as it is computed.
+
+        Runs the bare model (not the DDP wrapper, whose reducer expects one backward per forward); under DDP the
+        step averages the gradients over the processes once all micro-batches are done.
+        """
+        totals: dict[str, torch.Tensor] = {}
+        chunks = self.model.training_chunks(batch, chunk_frames=self.truncate_frames, memory_frames=self.memory_frames)
+        while True:  # the generator's code runs inside next(), so each chunk's forward is under autocast
+            with self._autocast():
+                out = next(chunks, None)
+            if out is None:
+                break
+            losses = _scalar_losses(out, self.model)
+            self.scaler.scale(losses["loss"] / self.accumulate).backward()
+            for key, value in losses.items():
+                totals[key] = totals.get(key, 0.0) + value.detach()
+        return totals
+
     def _run_step(self, model: nn.Module, batches: Iterator[tuple[int, int, int | None, Any]]) -> dict[str, float]:
         started = time.perf_counter()
         position = (self.epoch, self._batch_in_epoch, self._epoch_start_step)
@@ -562,13 +596,18 @@ class Trainer:
                 batch = _to_device(batch, self.device)
                 last = micro == self.accumulate - 1
                 sync = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else nullcontext()
-                with sync:
-                    with self._autocast():
-                        out = model(batch)
-                    losses = _scalar_losses(out, self.model)
-                    self.scaler.scale(losses["loss"] / self.accumulate).backward()
+                if self.truncate_frames is not None:
+                    losses = self._backward_chunks(batch)
+                else:
+                    with sync:
+                        with self._autocast():
+                            out = model(batch)
+                        losses = _scalar_losses(out, self.model)
+                        self.scaler.scale(losses["loss"] / self.accumulate).backward()
                 for key, value in losses.items():
                     totals[key] = totals.get(key, 0.0) + value.detach().float()
+            if self.truncate_frames is not None and self.dist.enabled:
+                average_gradients(self._trainable)
         except KeyboardInterrupt:  # the step did not happen: a resumed run redoes it with the same data and RNG
             self.epoch, self._batch_in_epoch, self._epoch_start_step = position
             set_rng_state(rng_state)

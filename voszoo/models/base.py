@@ -18,8 +18,9 @@ losses. The trainer only ever sees ``out = model(clip); out["loss"].backward()``
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from voszoo.inference.memory import KeepAll, MemoryBank, MemoryPolicy
 if TYPE_CHECKING:
     from voszoo.types import Clip
 
-__all__ = ["FrameFeatures", "VOSModel", "labels_to_probs"]
+__all__ = ["FrameFeatures", "VOSModel", "detach_memory", "labels_to_probs"]
 
 IGNORE_LABEL = 255
 
@@ -61,6 +62,24 @@ def labels_to_probs(labels: Tensor, num_objects: int) -> Tensor:
     labels = labels.long()
     clean = torch.where((labels == IGNORE_LABEL) | (labels > num_objects), torch.zeros_like(labels), labels)
     return F.one_hot(clean, num_objects + 1).permute(0, 3, 1, 2).float()
+
+
+def detach_memory(memory: MemoryBank) -> None:
+    """Cut every tensor a model stored in ``memory`` (entries and state) from the autograd graph, in place."""
+
+    def cut(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value.detach()
+        if isinstance(value, dict):
+            return {key: cut(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return type(value)(cut(item) for item in value)
+        return value
+
+    entries = list(memory.long_term) + ([memory.short_term] if memory.short_term is not None else [])
+    for entry in {id(entry): entry for entry in entries}.values():
+        entry.tensors = cut(entry.tensors)
+    memory.state = cut(memory.state)
 
 
 class VOSModel(nn.Module, ABC):
@@ -110,26 +129,54 @@ class VOSModel(nn.Module, ABC):
 
         Returns ``{"loss": total, <named losses>..., "logits": (B, T-1, N+1, H, W)}`` for frames 1..T-1.
         """
+        (out,) = self.training_chunks(clip, chunk_frames=None)
+        return out
+
+    def training_chunks(
+        self, clip: Clip, *, chunk_frames: int | None, memory_frames: int | None = None
+    ) -> Iterator[dict[str, Tensor]]:
+        """Unroll ``clip`` in chunks of ``chunk_frames`` predicted frames, yielding each chunk's losses.
+
+        Sequence learning (Zhou et al., shared/papers/004, Sec. 2.2): a long clip is predicted frame by frame from
+        the first ground-truth mask, and the caller back-propagates each chunk's ``"loss"`` before asking for the
+        next; the memory is then detached, so the graph of one chunk only (truncated back-propagation through
+        time) is alive at a time and peak memory does not grow with the clip length. Each chunk's losses are
+        weighted by its share of the predicted frames, so the chunks' losses sum to the whole clip's mean loss.
+        ``chunk_frames=None`` is one chunk of every frame: :meth:`forward`. ``memory_frames`` caps the long-term
+        memory (reference + newest frames, :class:`~voszoo.inference.memory.KeepAll` with ``max_frames``) so a whole
+        video also reads a bounded memory; None keeps every frame. Yields dicts as :meth:`forward` returns, with the
+        chunk's ``"logits"``.
+        """
         if self.criterion is None:
             raise RuntimeError(f"{type(self).__name__} was built without a criterion; it can only run inference")
+        if chunk_frames is not None and chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be None or >= 1, got {chunk_frames}")
         images, labels = clip.images, clip.labels
         num_frames = images.shape[1]
         if num_frames < 2:
             raise ValueError(f"a training clip needs at least 2 frames, got {num_frames}")
         num_objects = max(int(clip.num_objects.max()), 1)
-        memory = self.new_memory(KeepAll(), num_objects=num_objects)
+        memory = self.new_memory(KeepAll(max_frames=memory_frames), num_objects=num_objects)
         feats = self.encode(images[:, 0])
         self.memorize(memory, feats, labels_to_probs(labels[:, 0], num_objects), 0)
-        all_logits = []
-        for t in range(1, num_frames):
-            feats = self.encode(images[:, t])
-            logits = self.segment(memory, feats)
-            all_logits.append(logits)
-            if t < num_frames - 1:
-                self.memorize(memory, feats, torch.softmax(logits, dim=1), t)
-        stacked = torch.stack(all_logits, dim=1)
-        losses = self.criterion(stacked, labels[:, 1:], num_objects=clip.num_objects)
-        return {**losses, "logits": stacked}
+        step = num_frames - 1 if chunk_frames is None else chunk_frames
+        for start in range(1, num_frames, step):
+            stop = min(start + step, num_frames)
+            if start > 1:
+                detach_memory(memory)  # the previous chunk's graph is gone: truncate back-propagation here
+            all_logits = []
+            for t in range(start, stop):
+                feats = self.encode(images[:, t])
+                logits = self.segment(memory, feats)
+                all_logits.append(logits)
+                if t < num_frames - 1:
+                    self.memorize(memory, feats, torch.softmax(logits, dim=1), t)
+            stacked = torch.stack(all_logits, dim=1)
+            losses = self.criterion(stacked, labels[:, start:stop], num_objects=clip.num_objects)
+            share = (stop - start) / (num_frames - 1)
+            if share != 1.0:
+                losses = {name: value * share for name, value in losses.items()}
+            yield {**losses, "logits": stacked}
 
     def extra_repr(self) -> str:
         return f"multi_object={self.multi_object!r}, stride={self.stride}"
