@@ -53,7 +53,18 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         betas=tuple(optim["betas"]),
         encoder_lr_mult=optim["encoder_lr_mult"],
     )
-    schedule = build(cfg.schedule, key="schedule", base_lr=optim["lr"], total_steps=int(cfg.trainer.max_steps))
+    max_steps = int(cfg.trainer.max_steps)
+    schedule_args: dict[str, Any] = {"base_lr": optim["lr"], "total_steps": max_steps}
+    warmup = cfg.schedule.get("warmup_steps")
+    if warmup is not None and int(warmup) > max_steps:  # e.g. a 3-step smoke run of a preset with a 100-step warm-up
+        logger.warning(
+            "schedule.warmup_steps=%d exceeds trainer.max_steps=%d: warming up over %d steps",
+            warmup,
+            max_steps,
+            max_steps,
+        )
+        schedule_args["warmup_steps"] = max_steps
+    schedule = build(cfg.schedule, key="schedule", **schedule_args)
     trainer_args = {
         k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in _NOT_TRAINER_ARGS
     }
