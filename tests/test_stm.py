@@ -240,3 +240,30 @@ def test_training_unroll_gives_finite_losses_and_gradients_everywhere():
     no_grad = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum())]
     assert no_grad == []
     assert model.multi_object == "per_object" and model.stride == 16
+
+
+def test_tied_initialisation_gives_equal_keys_for_an_empty_mask():
+    """With tie_initial_weights the query path starts as a copy of the memory path: for a frame memorised with an
+    all-zero mask (the mask convolution then adds nothing) memory and query keys are equal; untied they are not."""
+    image = torch.randn(1, 3, 64, 64)
+    for tie in (True, False):
+        torch.manual_seed(0)
+        model = tiny_stm(criterion=False)
+        if tie:
+            model = STM(
+                memory_encoder=model.memory_encoder,
+                query_encoder=model.query_encoder,
+                memory_key_value=model.memory_key_value,
+                query_key_value=model.query_key_value,
+                reader=model.reader,
+                decoder=model.decoder,
+                tie_initial_weights=True,
+            )
+        model.eval()
+        memory = model.new_memory(KeepAll(), num_objects=1)
+        feats = model.encode(image)
+        model.memorize(memory, feats, torch.cat([torch.ones(1, 1, 64, 64), torch.zeros(1, 1, 64, 64)], 1), 0)
+        memory_key = memory.stack("key", dim=3)[:, 0, :, 0]  # (B, C_k, h, w) of object 0, frame 0
+        assert torch.allclose(memory_key, feats.cache["key"], atol=1e-5) == tie
+    # they train independently afterwards: distinct tensors
+    assert model.query_encoder.conv1.weight.data_ptr() != model.memory_encoder.conv1.weight.data_ptr()

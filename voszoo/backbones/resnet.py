@@ -8,6 +8,11 @@ takes the object mask and the other-objects mask; STM adds a 1-channel 7x7 convo
 ``extra_input_channels`` input channels: a convolution over stacked channels is exactly the sum of one convolution
 per channel, so this holds STM's two convolutions (the converter concatenates their weights).
 
+A backbone can also take a non-RGB input alone: ``image_channels=1`` gives SITVOS's light-weight mask encoder
+(Lan et al., AAAI 2022, Sec. 3.2: a ResNet-18 whose first convolution takes the 1-channel object mask; official
+``Encoder_mask.conv1_m``). Its ``conv1`` then has ``image_channels`` inputs, starts like PyTorch's default init
+(as the official ``conv1_m``) and is left out when torchvision weights are loaded.
+
 Submodule names are torchvision's (``conv1``, ``bn1``, ``layer1``..``layer3``), so torchvision ResNet state dicts
 load directly. Batch norms are plain :class:`torch.nn.BatchNorm2d`; freezing them is the trainer's job.
 """
@@ -47,19 +52,26 @@ class ResNetBackbone(nn.Module):
         extra_input_channels: extra per-pixel inputs (e.g. 2 for STM's object mask and other-objects mask) fed
             through ``conv1_extra`` (7x7, stride 2, no bias) and added to ``conv1`` of the image. Its weights start
             like PyTorch's default init of one 1-channel convolution per extra input, as STM's ``conv1_m/conv1_o``.
+        image_channels: channels of the ``image`` input (3: RGB, ``conv1`` loads torchvision weights; any other
+            count, e.g. 1 for SITVOS's mask encoder: a fresh ``conv1`` with PyTorch's default init, not loaded).
 
     Outputs (``forward``): ``s4`` = layer1 (B, C4, H/4, W/4), ``s8`` = layer2 (B, C8, H/8, W/8), ``s16`` = layer3
     (B, C16, H/16, W/16); channels per depth in :data:`RESNET_CHANNELS` and ``self.channels``.
     """
 
-    def __init__(self, *, depth: int = 50, weights: str | None = None, extra_input_channels: int = 0) -> None:
+    def __init__(
+        self, *, depth: int = 50, weights: str | None = None, extra_input_channels: int = 0, image_channels: int = 3
+    ) -> None:
         super().__init__()
         if depth not in RESNET_CHANNELS:
             raise ValueError(f"ResNetBackbone: depth must be one of {sorted(RESNET_CHANNELS)}, got {depth}")
         if extra_input_channels < 0:
             raise ValueError(f"ResNetBackbone: extra_input_channels must be >= 0, got {extra_input_channels}")
+        if image_channels < 1:
+            raise ValueError(f"ResNetBackbone: image_channels must be >= 1, got {image_channels}")
         self.depth = depth
         self.extra_input_channels = extra_input_channels
+        self.image_channels = image_channels
         self.channels = dict(RESNET_CHANNELS[depth])
         # built on the meta device, so that the unused layer4 / fc (2/3 of a ResNet-50) cost nothing, then
         # materialised and initialised as torchvision does
@@ -74,6 +86,9 @@ class ResNetBackbone(nn.Module):
         self.layer3 = resnet.layer3
         self.to_empty(device=torch.empty(()).device)
         self._init_like_torchvision()
+        if image_channels != 3:
+            # PyTorch's default conv init (as SITVOS's conv1_m): U(-b, b), b = 1/sqrt(fan_in)
+            self.conv1 = nn.Conv2d(image_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         if extra_input_channels:
             self.conv1_extra = nn.Conv2d(extra_input_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
             # PyTorch's default init of a 1-channel 7x7 conv: U(-1/sqrt(49), 1/sqrt(49)) (fan_in of one channel)
@@ -112,8 +127,12 @@ class ResNetBackbone(nn.Module):
         if not isinstance(state, dict):
             raise ValueError(f"ResNetBackbone: {source} does not hold a state dict (got {type(state).__name__})")
         kept = {k: v for k, v in state.items() if not k.startswith(_UNUSED_PREFIXES)}
+        not_loaded = ("conv1_extra.",)
+        if self.image_channels != 3:  # an RGB conv1 does not fit: conv1 keeps its own init
+            kept.pop("conv1.weight", None)
+            not_loaded = ("conv1_extra.", "conv1.weight")
         result = self.load_state_dict(kept, strict=False)
-        missing = [k for k in result.missing_keys if not k.startswith("conv1_extra.")]
+        missing = [k for k in result.missing_keys if not k.startswith(not_loaded)]
         if missing or result.unexpected_keys:
             raise ValueError(
                 f"ResNetBackbone: {source} is not a torchvision resnet{self.depth} state dict: "
@@ -122,7 +141,8 @@ class ResNetBackbone(nn.Module):
             )
 
     def forward(self, image: Tensor, extra: Tensor | None = None) -> dict[str, Tensor]:
-        """image: (B, 3, H, W) normalised; extra: (B, E, H, W) with E = ``extra_input_channels`` (or None if 0)."""
+        """image: (B, image_channels, H, W) (normalised RGB by default); extra: (B, E, H, W) with
+        E = ``extra_input_channels`` (or None if 0)."""
         x = self.conv1(image)
         if self.conv1_extra is not None:
             if extra is None or extra.shape[1] != self.extra_input_channels:
@@ -140,4 +160,5 @@ class ResNetBackbone(nn.Module):
         return {"s4": s4, "s8": s8, "s16": s16}
 
     def extra_repr(self) -> str:
-        return f"depth={self.depth}, extra_input_channels={self.extra_input_channels}"
+        extra, image = self.extra_input_channels, self.image_channels
+        return f"depth={self.depth}, extra_input_channels={extra}, image_channels={image}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -23,6 +23,8 @@ __all__ = [
     "EveryN",
     "FirstAndPrevious",
     "FixedCount",
+    "FirstOnly",
+    "PreviousOnly",
     "MemoryBank",
 ]
 
@@ -40,7 +42,14 @@ class MemoryPolicy(ABC):
 
     Frame indices are relative to the bank's first write (the reference frame), so a policy behaves the same for an
     object that first appears mid-video.
+
+    Two class attributes serve memory ablations (SITVOS, Lan et al., AAAI 2022, Table 4): ``reads_short_term``
+    (False: reads see the long-term entries only, not the previous frame) and ``keeps_reference`` (False: the
+    reference frame may be evicted like any other long-term entry).
     """
+
+    reads_short_term: ClassVar[bool] = True
+    keeps_reference: ClassVar[bool] = True
 
     def __init__(self, *, max_frames: int | None = None) -> None:
         if max_frames is not None and max_frames < 1:
@@ -129,6 +138,32 @@ class FixedCount(MemoryPolicy):
         return -min(spans)[1]
 
 
+class FirstOnly(MemoryPolicy):
+    """Only the reference frame, not even the previous one (SITVOS, Lan et al., AAAI 2022, Table 4 "First-only")."""
+
+    reads_short_term = False
+
+    def keep(self, relative_index: int, long_term: list[MemoryEntry]) -> bool:
+        return relative_index == 0
+
+
+class PreviousOnly(MemoryPolicy):
+    """Only the previous frame; the reference frame leaves once a later frame is written (SITVOS, Lan et al.,
+    AAAI 2022, Table 4 "Previous-only"). The one long-term entry is the previous frame, so models that read long-
+    and short-term entries separately see it in both."""
+
+    keeps_reference = False
+
+    def keep(self, relative_index: int, long_term: list[MemoryEntry]) -> bool:
+        return True
+
+    def capacity(self) -> int:
+        return 1
+
+    def evict(self, long_term: list[MemoryEntry]) -> int:
+        return 0
+
+
 @dataclass
 class MemoryBank:
     """The memory of one video (or of one group of objects in it).
@@ -145,7 +180,8 @@ class MemoryBank:
 
     def write(self, frame_index: int, tensors: dict[str, Tensor]) -> None:
         """Record what the model computed for ``frame_index``: always the new short-term entry; long-term if the
-        policy keeps it, evicting per policy while above capacity (the reference frame is never evicted)."""
+        policy keeps it, evicting per policy while above capacity (the reference frame is never evicted unless the
+        policy's ``keeps_reference`` is False)."""
         if self.reference_index is None:
             self.reference_index = frame_index
         entry = MemoryEntry(frame_index, tensors)
@@ -156,14 +192,20 @@ class MemoryBank:
             capacity = self.policy.capacity()
             while capacity is not None and len(self.long_term) > max(capacity, 1):
                 drop = self.policy.evict(self.long_term)
-                if drop == 0 and len(self.long_term) > 1:
+                if drop == 0 and len(self.long_term) > 1 and self.policy.keeps_reference:
                     drop = 1  # the reference frame always stays
                 del self.long_term[drop]
 
     def entries(self, *, include_short_term: bool = True) -> list[MemoryEntry]:
-        """Long-term entries in write order, then the short-term one if it is not already among them."""
+        """Long-term entries in write order, then the short-term one if it is not already among them (and the policy
+        ``reads_short_term``)."""
         entries = list(self.long_term)
-        if include_short_term and self.short_term is not None and all(e is not self.short_term for e in entries):
+        if (
+            include_short_term
+            and self.policy.reads_short_term
+            and self.short_term is not None
+            and all(e is not self.short_term for e in entries)
+        ):
             entries.append(self.short_term)
         return entries
 

@@ -96,8 +96,10 @@ def space_time_memory_read(
         attn_bias: optional prior on the affinity, in the query-major layout of
             :func:`torch.nn.functional.scaled_dot_product_attention`: broadcastable to (B, H_q*W_q, T*H*W), query
             positions j on dim 1, memory positions i (flattened t, y, x) on dim 2. A float bias is added to the logits
-            before the softmax over memory positions, so a multiplicative prior ``w`` on the affinity is
-            ``attn_bias = log(w)`` (renormalised by the softmax); a bool mask keeps positions where True.
+            before the softmax over memory positions, so a multiplicative prior ``w_ij`` on the affinity is
+            ``attn_bias = log(w)`` (renormalised by the softmax; a prior constant over memory positions, such as
+            MGA's per-query prior, therefore cancels: see :mod:`voszoo.layers.motion_guided`); a bool mask keeps
+            positions where True.
 
     Returns:
         (B, C_v + C_q, H_q, W_q): the read then the query value, channel-concatenated (B, C_v, H_q, W_q if

@@ -41,6 +41,19 @@ voszoo's own choices (the official code has a single sample per batch and no tra
   :meth:`VOSModel.forward`: each predicted frame is memorised with its soft probabilities, gradients flowing
   through the memory (the official repository has no training code).
 
+Optional ``motion`` slot (not in STM; MUNet, shared/papers/002, Sec. 3.1, and ``conf/model/motion/``): a module
+``motion(previous_s16, current_s16) -> enhanced current_s16`` applied before the query key/value embedding. With it,
+``memorize`` also writes the frame's query-encoder ``s16`` map into its memory entry (kept only on the newest entry,
+the bank's short-term one), and ``segment`` embeds the query from ``motion(short-term s16, s16)``: the previous frame
+at inference (the session memorises every frame) and in the training unroll; on the first frame after the reference,
+the reference itself. The query key/value then depend on the memory, so ``encode`` leaves them out of the cache.
+
+Optional ``prior`` slot (not in STM; MGA, shared/papers/004, Sec. 2.1, and ``conf/model/prior/``): a module with
+``modulated_read(reader, memory_key, memory_value, query_key, query_value, *, previous_mask)`` replacing the plain
+read (e.g. :class:`voszoo.layers.motion_guided.MotionGuidedPrior`). With it, ``memorize`` also writes every object's
+foreground probability, area-averaged to the key grid, (B, N, h, w), on the newest entry only, and ``segment`` gives
+object i's read object i's mask from the short-term entry (the previous frame; the reference on the first frame).
+
 The official-size model has 38,925,570 parameters (38.9M); :mod:`voszoo.models.convert` loads the official
 checkpoint into it.
 """
@@ -50,15 +63,35 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voszoo.inference.memory import MemoryBank
 from voszoo.layers.aggregation import soft_aggregate
 from voszoo.models.base import FrameFeatures, VOSModel
+from voszoo.models.init import copy_matching_weights
 
-__all__ = ["STM"]
+__all__ = ["STM", "update_presence"]
 
 PRESENT_KEY = "objects_present"
+MOTION_KEY = "query_s16"
+PRIOR_KEY = "prior_mask"
+
+
+def update_presence(memory: MemoryBank, fg: Tensor, *, threshold: float) -> None:
+    """Record which objects are present in ``memory.state["objects_present"]`` (B, N) bool, for soft aggregation.
+
+    fg: (B, N, H, W) foreground probabilities being written. On the bank's first write an object is present if its
+    mask is > 0 anywhere (the given masks); later, an object becomes present once its probability exceeds
+    ``threshold`` somewhere (an object appearing later in the same bank). Per-object models (STM, SITVOS, MUNet, MGA)
+    share this rule.
+    """
+    peak = fg.detach().flatten(2).amax(dim=-1)  # (B, N)
+    previous = memory.state.get(PRESENT_KEY)
+    if memory.reference_index is None or previous is None:  # the first write: the given masks
+        memory.state[PRESENT_KEY] = peak > 0
+    else:
+        memory.state[PRESENT_KEY] = previous | (peak > threshold)
 
 
 class STM(VOSModel):
@@ -73,6 +106,16 @@ class STM(VOSModel):
             (B, C_read, h, w)``, e.g. :class:`voszoo.layers.SpaceTimeMemoryRead`.
         decoder: ``(read, skips, *, output_size) -> (B, 2, H, W)`` logits (background, foreground).
         criterion: training losses (see :class:`voszoo.losses.SegmentationCriterion`); None for inference only.
+        motion: optional ``(previous_s16 (B, C, h, w), current_s16 (B, C, h, w)) -> (B, C, h, w)`` enhancing the
+            query features before ``query_key_value`` (e.g. :class:`voszoo.layers.motion_uncertainty.MotionEnhancement`,
+            MUNet); None = plain STM.
+        prior: optional module whose ``modulated_read(reader, memory_key, memory_value, query_key, query_value, *,
+            previous_mask (B*N, 1, h, w))`` replaces ``reader`` (e.g.
+            :class:`voszoo.layers.motion_guided.MotionGuidedPrior`, MGA); None = plain STM.
+        tie_initial_weights: start the query encoder and query key head as copies of the memory encoder (image
+            path) and memory key head; they then train independently. This is the state the official models start
+            from when both encoders load the same ImageNet weights; without pretrained weights (e.g. ToyVOS on CPU)
+            it makes memory and query keys comparable from the first step instead of two unrelated random networks.
         skip_scales: query feature maps passed to the decoder, coarse to fine.
         aggregation_eps: clamp of soft aggregation.
         presence_threshold: probability above which an object first written after the reference counts as present.
@@ -94,6 +137,9 @@ class STM(VOSModel):
         skip_scales: Sequence[str] = ("s8", "s4"),
         aggregation_eps: float = 1e-7,
         presence_threshold: float = 0.5,
+        motion: nn.Module | None = None,
+        prior: nn.Module | None = None,
+        tie_initial_weights: bool = False,
     ) -> None:
         super().__init__(criterion=criterion)
         extra = getattr(memory_encoder, "extra_input_channels", 2)
@@ -111,12 +157,19 @@ class STM(VOSModel):
         self.skip_scales = tuple(skip_scales)
         self.aggregation_eps = aggregation_eps
         self.presence_threshold = presence_threshold
+        self.motion = motion
+        self.prior = prior
+        if tie_initial_weights:
+            copy_matching_weights(source=self.memory_encoder, target=self.query_encoder)
+            copy_matching_weights(source=self.memory_key_value.key, target=self.query_key_value.key)
 
     # -- the contract -------------------------------------------------------------------------------------------
     def encode(self, image: Tensor) -> FrameFeatures:
         """Query encoder and query key/value: maps ``s4``, ``s8``, ``s16``; cache ``key`` (B, C_k, H/16, W/16),
-        ``value`` (B, C_v, H/16, W/16)."""
+        ``value`` (B, C_v, H/16, W/16) (empty with a ``motion`` module: the query embedding needs the memory)."""
         maps = self.query_encoder(image)
+        if self.motion is not None:
+            return FrameFeatures(image=image, maps=dict(maps))
         key, value = self.query_key_value(maps["s16"])
         return FrameFeatures(image=image, maps=dict(maps), cache={"key": key, "value": value})
 
@@ -135,11 +188,18 @@ class STM(VOSModel):
         images = image.repeat_interleave(num_objects, dim=0)  # (B*N, 3, H, W), object-major within a sample
         features = self.memory_encoder(images, extra)["s16"]
         key, value = self.memory_key_value(features)
-        self._update_presence(memory, fg)
-        memory.write(
-            frame_index,
-            {"key": key.unflatten(0, (batch, num_objects)), "value": value.unflatten(0, (batch, num_objects))},
-        )
+        update_presence(memory, fg, threshold=self.presence_threshold)
+        tensors = {"key": key.unflatten(0, (batch, num_objects)), "value": value.unflatten(0, (batch, num_objects))}
+        newest_only = {}  # tensors only the next frame needs: kept on the newest (short-term) entry alone
+        if self.motion is not None:
+            newest_only[MOTION_KEY] = feats.maps["s16"]
+        if self.prior is not None:
+            newest_only[PRIOR_KEY] = F.adaptive_avg_pool2d(fg, key.shape[-2:])  # (B, N, h, w)
+        previous = memory.short_term
+        memory.write(frame_index, {**tensors, **newest_only})
+        if previous is not None and previous is not memory.short_term:
+            for name in newest_only:
+                previous.tensors.pop(name, None)
 
     def segment(self, memory: MemoryBank, feats: FrameFeatures) -> Tensor:
         """Read the memory per object, decode, soft-aggregate: logits (B, N+1, H, W), float32 or wider."""
@@ -153,9 +213,21 @@ class STM(VOSModel):
         def per_object(x: Tensor) -> Tensor:
             return x.repeat_interleave(num_objects, dim=0)
 
-        read = self.reader(
-            keys.flatten(0, 1), values.flatten(0, 1), per_object(feats.cache["key"]), per_object(feats.cache["value"])
-        )
+        query_key, query_value = self._query_key_value(memory, feats)
+        memory_kv = (keys.flatten(0, 1), values.flatten(0, 1))
+        if self.prior is None:
+            read = self.reader(*memory_kv, per_object(query_key), per_object(query_value))
+        else:
+            previous = memory.short_term
+            if previous is None or PRIOR_KEY not in previous.tensors:
+                raise RuntimeError(
+                    "STM.segment: the prior module needs the previous frame's masks in the memory's short-term entry; "
+                    "memorize every frame (at least the one before this) with this model"
+                )
+            mask = previous.tensors[PRIOR_KEY].flatten(0, 1).unsqueeze(1)  # (B*N, 1, h, w), object-major
+            read = self.prior.modulated_read(
+                self.reader, *memory_kv, per_object(query_key), per_object(query_value), previous_mask=mask
+            )
         skips = [per_object(feats.maps[scale]) for scale in self.skip_scales]
         logits = self.decoder(read, skips, output_size=feats.size)  # (B*N, 2, H, W)
         # soft aggregation in at least float32 (under autocast the decoder may run in half precision)
@@ -164,6 +236,20 @@ class STM(VOSModel):
         return soft_aggregate(fg, eps=self.aggregation_eps, present=memory.state.get(PRESENT_KEY))
 
     # -- helpers ------------------------------------------------------------------------------------------------
+    def _query_key_value(self, memory: MemoryBank, feats: FrameFeatures) -> tuple[Tensor, Tensor]:
+        if self.motion is None:
+            if "key" in feats.cache:
+                return feats.cache["key"], feats.cache["value"]
+            return self.query_key_value(feats.maps["s16"])
+        previous = memory.short_term
+        if previous is None or MOTION_KEY not in previous.tensors:
+            raise RuntimeError(
+                "STM.segment: the motion module needs the previous frame's s16 features in the memory's short-term "
+                "entry; memorize every frame (at least the one before this) with this model"
+            )
+        current = feats.maps["s16"]
+        return self.query_key_value(self.motion(previous.tensors[MOTION_KEY].to(current.dtype), current))
+
     @staticmethod
     def _num_objects(memory: MemoryBank, probs: Tensor, where: str) -> int:
         num_objects = int(memory.state["num_objects"])
@@ -174,14 +260,6 @@ class STM(VOSModel):
                 f"STM.{where}: probs must be (B, N+1={num_objects + 1}, H, W) for this memory, got {tuple(probs.shape)}"
             )
         return num_objects
-
-    def _update_presence(self, memory: MemoryBank, fg: Tensor) -> None:
-        peak = fg.detach().flatten(2).amax(dim=-1)  # (B, N)
-        previous = memory.state.get(PRESENT_KEY)
-        if memory.reference_index is None or previous is None:  # the first write: the given masks
-            memory.state[PRESENT_KEY] = peak > 0
-        else:
-            memory.state[PRESENT_KEY] = previous | (peak > self.presence_threshold)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, skip_scales={self.skip_scales}"
