@@ -2,6 +2,7 @@
 
     voszoo-eval model=stm_r18 checkpoint=outputs/train/stm_r18/<run>/last.pt data=toyvos
     voszoo-eval model=stm checkpoint=STM_weights.pth data=davis2017     # official STM weights are converted
+    voszoo-eval model=aot_l checkpoint=AOTL_PRE_YTB_DAV.pth data=davis2017   # official AOT weights are converted
 
 Writes ``predictions/<seq>/<frame>.png``, the official DAVIS CSVs, ``results.json`` and ``metrics.json`` (J&F, J, F,
 FPS) into the Hydra output dir; for YouTube-VOS, ``submission.zip`` instead of scores.
@@ -23,8 +24,8 @@ logger = logging.getLogger("voszoo.evaluate")
 
 
 def load_weights(model: Any, cfg: DictConfig) -> str:
-    """Load ``cfg.checkpoint`` into ``model``: a voszoo checkpoint, or (for STM) the official ``STM_weights.pth``,
-    converted strictly. Returns a description of what was loaded."""
+    """Load ``cfg.checkpoint`` into ``model``: a voszoo checkpoint, or an official STM (``STM_weights.pth``) or AOT
+    (``AOT*_*.pth``) checkpoint, converted strictly. Returns a description of what was loaded."""
     from voszoo.engine.checkpoint import CheckpointError, load_model_weights
 
     if cfg.checkpoint is None:
@@ -33,27 +34,37 @@ def load_weights(model: Any, cfg: DictConfig) -> str:
     path = Path(cfg.checkpoint)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: file not found")
-    official = _official_stm_state(path)
-    if official is not None:
-        from voszoo.models.convert import load_official_stm
+    official = _official_state(path)
+    if official is not None:  # the contents already read: no second read of the file
+        kind, state = official
+        if kind == "stm":
+            from voszoo.models.convert import load_official_stm
 
-        load_official_stm(model, official, strict=True)  # the dict already read: no second read of the file
-        return f"{path} (official STM weights)"
+            load_official_stm(model, state, strict=True)
+        else:
+            from voszoo.models.convert_aot import load_official_aot
+
+            load_official_aot(model, state, strict=True)
+        return f"{path} (official {kind.upper()} weights)"
     load_model_weights(model, path, model_name=str(cfg.model.name), use_ema=bool(cfg.use_ema))
     return str(path)
 
 
-def _official_stm_state(path: Path) -> dict | None:
-    """The file's state dict if it is a plain state dict in the official STM layout (its memory key/value head
-    names), else None (voszoo checkpoints, and unreadable files, which get their error from the checkpoint reader)."""
+def _official_state(path: Path) -> tuple[str, dict] | None:
+    """``("stm" | "aot", contents)`` if the file is an official STM checkpoint (a plain state dict with its memory
+    key/value head names) or an official AOT one (its ``patch_wise_id_bank``, plain or under ``state_dict``), else
+    None (voszoo checkpoints, and unreadable files, which get their error from the checkpoint reader)."""
     import torch
+
+    from voszoo.models.convert_aot import is_official_aot_state
 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - see the docstring
         return None
-    is_stm = isinstance(state, dict) and any(str(k).split("module.")[-1].startswith("KV_M_r4.") for k in state)
-    return state if is_stm else None
+    if isinstance(state, dict) and any(str(k).split("module.")[-1].startswith("KV_M_r4.") for k in state):
+        return "stm", state
+    return ("aot", state) if is_official_aot_state(state) else None
 
 
 def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:

@@ -132,6 +132,13 @@ class VOSModel(nn.Module, ABC):
         (out,) = self.training_chunks(clip, chunk_frames=None)
         return out
 
+    def new_training_memory(self, clip: Clip, *, num_objects: int, memory_frames: int | None) -> MemoryBank:
+        """The memory a training unroll writes into: every frame (capped at ``memory_frames`` long-term entries).
+
+        Models whose training memory differs (AOT's long-term gap) or that need per-sample state override this.
+        """
+        return self.new_memory(KeepAll(max_frames=memory_frames), num_objects=num_objects)
+
     def training_chunks(
         self, clip: Clip, *, chunk_frames: int | None, memory_frames: int | None = None
     ) -> Iterator[dict[str, Tensor]]:
@@ -156,7 +163,7 @@ class VOSModel(nn.Module, ABC):
         if num_frames < 2:
             raise ValueError(f"a training clip needs at least 2 frames, got {num_frames}")
         num_objects = max(int(clip.num_objects.max()), 1)
-        memory = self.new_memory(KeepAll(max_frames=memory_frames), num_objects=num_objects)
+        memory = self.new_training_memory(clip, num_objects=num_objects, memory_frames=memory_frames)
         feats = self.encode(images[:, 0])
         self.memorize(memory, feats, labels_to_probs(labels[:, 0], num_objects), 0)
         step = num_frames - 1 if chunk_frames is None else chunk_frames

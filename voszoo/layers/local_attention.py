@@ -1,0 +1,544 @@
+"""Exact local (windowed) multi-head attention: AOT's short-term attention, reused by BATMAN's bilateral attention.
+
+Yang et al., "Associating Objects with Transformers for Video Object Segmentation", NeurIPS 2021
+(shared/papers/001), Sec. 4.2 Eq. 7 ("Short-Term Attention") and App. A.1: every query location p attends only to
+the lambda x lambda neighbourhood N(p) of the previous frame, with a learned relative position embedding (Table 3e,
+"Rel", after Shaw et al.). Official implementation github.com/yoxu515/aot-benchmark,
+``networks/layers/attention.py`` (``MultiheadLocalAttentionV2``; ``V3`` is the dense fallback used when the
+``spatial_correlation_sampler`` CUDA extension is missing). Facts followed from it:
+
+- q, k, v arrive already projected as (B, C, H, W) maps; heads are channel groups of C / num_heads (head-major).
+- relative key bias: a grouped 1x1 convolution ``relative_emb_k`` (C -> heads * window^2, groups=heads) of the
+  UNSCALED query; the query is then scaled by 1 / sqrt(head_dim);
+  logit(p, o) = q_p . k_{p+o} / sqrt(d) + relative_emb_k(q)_p[o].
+- window positions o are ordered row-major (dy, then dx) with offsets (i - r) * dilation, i = 0..window-1, r =
+  (window - 1) / 2: the ``F.unfold`` order. Keys outside the image are masked (weight exactly 0).
+- softmax over the window^2 positions, dropout on the attention probabilities (V2; V3 drops logits instead),
+  output = attn @ v_window + attn @ relative_emb_v (per head, (head_dim, window^2), zero-initialised in the
+  official module), heads concatenated, then ``projection`` = Linear(C, C).
+- Note: the official LSTT block re-initialises every parameter with more than one dimension with
+  ``xavier_uniform_`` (including ``relative_emb_v``), so this module's own init only matters when used standalone.
+
+Dilation: the official V2/V3 gather the logits at dilated offsets but aggregate values (``local2global``) and the
+padding mask at undilated offsets, which disagree for dilation > 1 (AOT always uses dilation 1). Here logits,
+masks and values all use the dilated positions.
+
+Fully-dropped windows (possible only with a ``keep`` mask, e.g. BATMAN's rank rule): such a query receives ZEROS
+(no value term, no relative-value term) and zero gradients, never NaN. This matches what FlexAttention returns.
+
+Backends of :func:`local_window_attention` (all exact, same results up to float rounding):
+
+- ``"tiled"``: queries are cut into tile x tile tiles; a tile attends to its (tile + window - 1)^2 key neighbourhood
+  with one batched matmul, each query's window^2 logits are gathered from it, biased, masked and normalised, then
+  scattered back and multiplied with the neighbourhood values. Never forms an HW x HW matrix; autograd works.
+  Dilation d is handled exactly by splitting the map into its d^2 strided sub-grids (a dilated window of a query on
+  sub-grid (a, b) only touches keys of the same sub-grid, where it is an undilated window).
+- ``"unfold"``: ``F.unfold`` gathers every query's window of keys and values (window^2 copies of k and v): simple,
+  memory heavy; a second implementation for cross-checks.
+- ``"flex"``: ``torch.nn.attention.flex_attention`` with a block-sparse window mask; the bias is a ``score_mod``,
+  ``keep`` joins the ``mask_mod``; the relative-value term is read out of the same call by appending to v a one-hot
+  code of each key's window slot (key row // dilation mod window, same for columns), which is unique within any
+  window. Compiled with ``torch.compile`` on CUDA (intended for GPU inference; untested here, no GPU). On CPU it
+  runs torch's eager reference (dense scores, forward only: torch has no FlexAttention backward on CPU) and is
+  only useful for checking. No dropout.
+- ``"auto"``: ``"flex"`` for CUDA tensors when no gradient is needed and FlexAttention is importable, else
+  ``"tiled"``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LOCAL_ATTENTION_BACKENDS", "MultiheadLocalAttention", "local_window_attention"]
+
+LOCAL_ATTENTION_BACKENDS: tuple[str, ...] = ("auto", "tiled", "unfold", "flex")
+
+
+def _check_inputs(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    window_size: int,
+    bias: Tensor | None,
+    keep: Tensor | None,
+    relative_value: Tensor | None,
+    dilation: int,
+    dropout_p: float,
+    backend: str,
+    tile_size: int,
+) -> None:
+    name = "local_window_attention"
+    if backend not in LOCAL_ATTENTION_BACKENDS:
+        raise ValueError(f"{name}: unknown backend {backend!r}; valid: {', '.join(LOCAL_ATTENTION_BACKENDS)}")
+    if not isinstance(window_size, int) or window_size < 1 or window_size % 2 == 0:
+        raise ValueError(f"{name}: window_size must be a positive odd int (2 * radius + 1), got {window_size!r}")
+    if not isinstance(dilation, int) or dilation < 1:
+        raise ValueError(f"{name}: dilation must be an int >= 1, got {dilation!r}")
+    if not isinstance(tile_size, int) or tile_size < 1:
+        raise ValueError(f"{name}: tile_size must be an int >= 1, got {tile_size!r}")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{name}: dropout_p must be in [0, 1), got {dropout_p!r}")
+    if query.ndim != 5 or key.ndim != 5 or value.ndim != 5:
+        raise ValueError(
+            f"{name}: query, key, value must be (B, heads, d, H, W), got {tuple(query.shape)}, {tuple(key.shape)}, "
+            f"{tuple(value.shape)}"
+        )
+    if key.shape != query.shape:
+        raise ValueError(f"{name}: key {tuple(key.shape)} must have the shape of query {tuple(query.shape)}")
+    b, h, _, height, width = query.shape
+    if value.shape[:2] != (b, h) or value.shape[3:] != (height, width):
+        raise ValueError(
+            f"{name}: value must be (B={b}, heads={h}, d_v, H={height}, W={width}), got {tuple(value.shape)}"
+        )
+    w2 = window_size * window_size
+    for arg, t in (("bias", bias), ("keep", keep)):
+        if t is None:
+            continue
+        if t.ndim != 5 or t.shape[0] not in (1, b) or t.shape[1] not in (1, h) or t.shape[2:] != (w2, height, width):
+            raise ValueError(
+                f"{name}: {arg} must be (B={b} or 1, heads={h} or 1, window^2={w2}, H={height}, W={width}), "
+                f"got {tuple(t.shape)}"
+            )
+    if keep is not None and keep.dtype != torch.bool:
+        raise ValueError(f"{name}: keep must be a bool tensor (False = dropped), got dtype {keep.dtype}")
+    if relative_value is not None and relative_value.shape != (h, value.shape[2], w2):
+        raise ValueError(
+            f"{name}: relative_value must be (heads={h}, d_v={value.shape[2]}, window^2={w2}), "
+            f"got {tuple(relative_value.shape)}"
+        )
+
+
+def _softmax_keep(logits: Tensor, valid: Tensor, *, dim: int, may_be_empty: bool) -> Tensor:
+    """Softmax of ``logits`` over ``dim`` restricted to ``valid``; rows with nothing valid give all zeros."""
+    logits = logits.masked_fill(~valid, float("-inf"))
+    if not may_be_empty:
+        return logits.softmax(dim=dim)
+    nonempty = valid.any(dim=dim, keepdim=True)
+    attn = logits.masked_fill(~nonempty, 0.0).softmax(dim=dim)
+    return attn.masked_fill(~nonempty, 0.0)
+
+
+def local_window_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    window_size: int,
+    bias: Tensor | None = None,
+    keep: Tensor | None = None,
+    relative_value: Tensor | None = None,
+    scale: float | None = None,
+    dilation: int = 1,
+    dropout_p: float = 0.0,
+    backend: str = "auto",
+    tile_size: int = 8,
+) -> Tensor:
+    """Exact local attention of every query location to the window x window neighbourhood of the key map.
+
+    For query location p = (y, x) and window slot o = (i, j) (row-major, o = i * window + j), the key position is
+    p + ((i - r) * dilation, (j - r) * dilation) with r = (window_size - 1) // 2, and
+
+        logit[p, o] = scale * <query[p], key[p + o]> + bias[o, p]          (slots outside the image or keep=False
+        attn[p] = softmax_o(logit[p])                                       are dropped: weight exactly 0)
+        out[p] = sum_o attn[p, o] * (value[p + o] + relative_value[:, o])
+
+    Args:
+        query, key: (B, heads, d_k, H, W).
+        value: (B, heads, d_v, H, W).
+        window_size: odd window side lambda (AOT: 15).
+        bias: (B or 1, heads or 1, window^2, H, W) added to the logits (AOT: relative key bias; BATMAN: bilateral
+            bias).
+        keep: (B or 1, heads or 1, window^2, H, W) bool, False drops the slot. A query whose whole window is
+            dropped outputs zeros (and gets zero gradients).
+        relative_value: (heads, d_v, window^2) relative value embedding (AOT ``relative_emb_v``).
+        scale: logit scale, default d_k ** -0.5.
+        dilation: spacing of the window slots.
+        dropout_p: dropout on the attention probabilities (applied whenever > 0; pass 0 in eval). Not with flex.
+        backend: "auto", "tiled", "unfold" or "flex" (see the module docstring).
+        tile_size: query tile side of the tiled backend (the speed/memory trade-off; results do not depend on it).
+
+    Returns:
+        (B, heads, d_v, H, W), dtype of ``value``.
+    """
+    _check_inputs(
+        query,
+        key,
+        value,
+        window_size=window_size,
+        bias=bias,
+        keep=keep,
+        relative_value=relative_value,
+        dilation=dilation,
+        dropout_p=dropout_p,
+        backend=backend,
+        tile_size=tile_size,
+    )
+    if scale is None:
+        scale = query.shape[2] ** -0.5
+    tensors = [t for t in (query, key, value, bias, relative_value) if t is not None]
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    if backend == "auto":
+        backend = "flex" if query.is_cuda and not needs_grad and dropout_p == 0.0 and _flex_importable() else "tiled"
+    kwargs = dict(window_size=window_size, bias=bias, keep=keep, relative_value=relative_value, scale=scale)
+    if backend == "flex":
+        if dropout_p > 0.0:
+            raise ValueError("local_window_attention: backend='flex' has no attention dropout; use 'tiled'")
+        if query.device.type == "cpu" and needs_grad:
+            raise ValueError(
+                "local_window_attention: backend='flex' on CPU is forward-only (torch's FlexAttention has no CPU "
+                "backward); use backend='tiled' for training"
+            )
+        if not needs_grad:  # torch refuses CPU FlexAttention on tensors that require grad, even under no_grad
+            query, key, value = query.detach(), key.detach(), value.detach()
+            kwargs = {n: t.detach() if isinstance(t, Tensor) else t for n, t in kwargs.items()}
+        return _flex_attention(query, key, value, dilation=dilation, **kwargs)
+    if backend == "unfold":
+        return _unfold_attention(query, key, value, dilation=dilation, dropout_p=dropout_p, **kwargs)
+    if dilation == 1:
+        return _tiled_attention(query, key, value, dropout_p=dropout_p, tile_size=tile_size, **kwargs)
+    # Dilation d: the d^2 strided sub-grids are independent undilated problems.
+    b, h, _, height, width = query.shape
+    out = value.new_zeros(b, h, value.shape[2], height, width)
+    for a in range(min(dilation, height)):
+        for c in range(min(dilation, width)):
+            sub = (Ellipsis, slice(a, None, dilation), slice(c, None, dilation))
+            out[sub] = _tiled_attention(
+                query[sub],
+                key[sub],
+                value[sub],
+                window_size=window_size,
+                bias=None if bias is None else bias[sub],
+                keep=None if keep is None else keep[sub],
+                relative_value=relative_value,
+                scale=scale,
+                dropout_p=dropout_p,
+                tile_size=tile_size,
+            )
+    return out
+
+
+def _to_tiles(x: Tensor, ty: int, tx: int, *, pad_value: float | bool = 0) -> Tensor:
+    """(B, h, c, H, W) -> (B, h, nty, ntx, ty * tx, c), H and W padded up to tile multiples with ``pad_value``.
+
+    One copy: the map is written block-wise into the tile layout (no separate padding pass).
+    """
+    b, h, c, height, width = x.shape
+    nty, ntx = -(-height // ty), -(-width // tx)
+    fy, fx = height // ty, width // tx  # full tiles
+    ry, rx = height - fy * ty, width - fx * tx  # rows / columns of the partial last tile
+    out = x.new_empty(b, h, nty, ntx, ty, tx, c)
+    view = out.permute(0, 1, 6, 2, 4, 3, 5)  # (B, h, c, nty, ty, ntx, tx)
+    if ry:
+        view[:, :, :, fy, ry:] = pad_value
+    if rx:
+        view[:, :, :, :, :, fx, rx:] = pad_value
+    view[:, :, :, :fy, :, :fx] = x[..., : fy * ty, : fx * tx].reshape(b, h, c, fy, ty, fx, tx)
+    if ry:
+        view[:, :, :, fy, :ry, :fx] = x[..., fy * ty :, : fx * tx].reshape(b, h, c, ry, fx, tx)
+    if rx:
+        view[:, :, :, :fy, :, fx, :rx] = x[..., : fy * ty, fx * tx :].reshape(b, h, c, fy, ty, rx)
+    if ry and rx:
+        view[:, :, :, fy, :ry, fx, :rx] = x[..., fy * ty :, fx * tx :]
+    return out.view(b, h, nty, ntx, ty * tx, c)
+
+
+def _tiled_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    window_size: int,
+    bias: Tensor | None,
+    keep: Tensor | None,
+    relative_value: Tensor | None,
+    scale: float,
+    dropout_p: float,
+    tile_size: int,
+) -> Tensor:
+    """Undilated tiled local attention; shapes as :func:`local_window_attention`."""
+    b, h, dk, height, width = query.shape
+    dv = value.shape[2]
+    r = (window_size - 1) // 2
+    w2 = window_size * window_size
+    ty, tx = min(tile_size, height), min(tile_size, width)
+    nty, ntx = -(-height // ty), -(-width // tx)
+    hp, wp = nty * ty, ntx * tx
+    ny, nx = ty + 2 * r, tx + 2 * r  # key neighbourhood of one tile
+    dev = query.device
+
+    # Key neighbourhood of every tile as flat indices into the H*W positions; outside the image -> index H*W,
+    # a zero row appended to the channels-last map (so no padded copy of the map is needed).
+    ky = (torch.arange(nty, device=dev) * ty).view(nty, 1, 1, 1) + torch.arange(ny, device=dev).view(1, 1, ny, 1) - r
+    kx = (torch.arange(ntx, device=dev) * tx).view(1, ntx, 1, 1) + torch.arange(nx, device=dev).view(1, 1, 1, nx) - r
+    nb_idx = torch.where((ky >= 0) & (ky < height) & (kx >= 0) & (kx < width), ky * width + kx, height * width)
+    nb_idx = nb_idx.reshape(-1)
+
+    def neighbourhoods(x: Tensor) -> Tensor:  # (B, h, c, H, W) -> (B, h, nty, ntx, ny * nx, c)
+        c = x.shape[2]
+        rows = torch.cat([x.flatten(3).transpose(-1, -2), x.new_zeros(b, h, 1, c)], dim=2)  # (B, h, HW + 1, c)
+        return rows.index_select(2, nb_idx).view(b, h, nty, ntx, ny * nx, c)
+
+    q_t = _to_tiles(query, ty, tx) * scale  # (B, h, nty, ntx, T, dk)
+    logits_n = q_t @ neighbourhoods(key).transpose(-1, -2)  # (B, h, nty, ntx, T, ny * nx)
+
+    # Flat index of (query in tile, window slot) inside the T x (ny * nx) tile logits.
+    qy = torch.arange(ty, device=dev).view(ty, 1, 1, 1)
+    qx = torch.arange(tx, device=dev).view(1, tx, 1, 1)
+    oy = torch.arange(window_size, device=dev).view(1, 1, window_size, 1)
+    ox = torch.arange(window_size, device=dev).view(1, 1, 1, window_size)
+    flat = ((qy * tx + qx) * (ny * nx) + (qy + oy) * nx + (qx + ox)).reshape(-1)
+    logits = logits_n.flatten(-2).index_select(-1, flat).view(b, h, nty, ntx, ty * tx, w2)
+    del logits_n
+
+    # Slots outside the image. Padding queries (cropped away at the end) keep every slot of their zero-padded
+    # window, so that no row is empty.
+    ys = torch.arange(hp, device=dev).view(hp, 1) + torch.arange(window_size, device=dev) - r
+    xs = torch.arange(wp, device=dev).view(wp, 1) + torch.arange(window_size, device=dev) - r
+    row_out, col_out = (ys < 0) | (ys >= height), (xs < 0) | (xs >= width)
+    row_out[height:] = False
+    col_out[width:] = False
+    outside = row_out.view(hp, 1, window_size, 1) | col_out.view(1, wp, 1, window_size)  # (Hp, Wp, w, w)
+    outside = outside.view(nty, ty, ntx, tx, w2).transpose(1, 2).reshape(1, 1, nty, ntx, ty * tx, w2)
+    if bias is not None:
+        logits += _to_tiles(bias.to(logits.dtype), ty, tx)
+    if keep is not None:
+        outside = outside | _to_tiles(~keep, ty, tx, pad_value=False)
+    logits.masked_fill_(outside, float("-inf"))
+    if keep is None:
+        attn = logits.softmax(dim=-1)
+    else:  # rows with every slot dropped -> zeros
+        empty = outside.all(dim=-1, keepdim=True)
+        attn = logits.masked_fill_(empty, 0.0).softmax(dim=-1).masked_fill(empty, 0.0)
+    if dropout_p > 0.0:
+        attn = F.dropout(attn, p=dropout_p)
+
+    attn_n = attn.new_zeros(b, h, nty, ntx, ty * tx * ny * nx).index_copy_(-1, flat, attn.flatten(-2))
+    out = attn_n.view(b, h, nty, ntx, ty * tx, ny * nx) @ neighbourhoods(value)
+    if relative_value is not None:
+        rel = attn.view(b, h, nty * ntx * ty * tx, w2) @ relative_value.transpose(1, 2)
+        out = out + rel.view(b, h, nty, ntx, ty * tx, dv)
+    out = out.view(b, h, nty, ntx, ty, tx, dv).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, h, dv, hp, wp)
+    return out[..., :height, :width]
+
+
+def _unfold_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    window_size: int,
+    bias: Tensor | None,
+    keep: Tensor | None,
+    relative_value: Tensor | None,
+    scale: float,
+    dilation: int,
+    dropout_p: float,
+) -> Tensor:
+    """``F.unfold`` gather of every window (window^2 copies of key and value); shapes as the public function."""
+    b, h, dk, height, width = query.shape
+    dv = value.shape[2]
+    w2 = window_size * window_size
+    pad = (window_size - 1) // 2 * dilation
+
+    def windows(x: Tensor) -> Tensor:  # (B', h', c, H, W) -> (B', h', c, w2, H, W)
+        bb, hh, c = x.shape[:3]
+        u = F.unfold(x.reshape(bb * hh, c, height, width), window_size, dilation=dilation, padding=pad)
+        return u.view(bb, hh, c, w2, height, width)
+
+    logits = (query.unsqueeze(3) * windows(key)).sum(2) * scale  # (B, h, w2, H, W)
+    valid = windows(query.new_ones(1, 1, 1, height, width))[:, :, 0] > 0.5  # (1, 1, w2, H, W)
+    if bias is not None:
+        logits = logits + bias
+    if keep is not None:
+        valid = valid & keep
+    attn = _softmax_keep(logits, valid, dim=2, may_be_empty=keep is not None)
+    if dropout_p > 0.0:
+        attn = F.dropout(attn, p=dropout_p)
+    out = (attn.unsqueeze(2) * windows(value)).sum(3)
+    if relative_value is not None:
+        out = out + torch.einsum("bhoyx,hco->bhcyx", attn, relative_value)
+    return out.reshape(b, h, dv, height, width)
+
+
+@functools.cache
+def _flex_importable() -> bool:
+    try:
+        from torch.nn.attention import flex_attention  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@functools.cache
+def _flex_kernel(compiled: bool) -> Callable[..., Tensor]:
+    """FlexAttention, compiled once per process for CUDA; eager (dense reference) otherwise."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False) if compiled else flex_attention
+
+
+def _flex_attention(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    *,
+    window_size: int,
+    bias: Tensor | None,
+    keep: Tensor | None,
+    relative_value: Tensor | None,
+    scale: float,
+    dilation: int,
+) -> Tensor:
+    """FlexAttention with a window block mask; shapes as :func:`local_window_attention`."""
+    if not _flex_importable():
+        raise ValueError("local_window_attention: backend='flex' needs torch.nn.attention.flex_attention (torch>=2.5)")
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    b, h, dk, height, width = query.shape
+    dv = value.shape[2]
+    hw = height * width
+    r = (window_size - 1) // 2
+    reach = r * dilation
+    w2 = window_size * window_size
+    dev = query.device
+
+    def slot(q_idx: Tensor, kv_idx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        dy = kv_idx // width - q_idx // width
+        dx = kv_idx % width - q_idx % width
+        inside = (dy.abs() <= reach) & (dx.abs() <= reach) & (dy % dilation == 0) & (dx % dilation == 0)
+        o = (dy // dilation + r).clamp(0, window_size - 1) * window_size + (dx // dilation + r).clamp(
+            0, window_size - 1
+        )
+        return inside, o, q_idx
+
+    keep_flat = None if keep is None else keep.flatten(3)  # (B|1, h|1, w2, HW)
+    bias_flat = None if bias is None else bias.flatten(3)
+
+    def mask_mod(bi: Tensor, hi: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        inside, o, q = slot(q_idx, kv_idx)
+        if keep_flat is None:
+            return inside
+        kb = bi if keep_flat.shape[0] > 1 else torch.zeros_like(bi)
+        kh = hi if keep_flat.shape[1] > 1 else torch.zeros_like(hi)
+        return inside & keep_flat[kb, kh, o, q]
+
+    score_mod = None
+    if bias_flat is not None:
+
+        def score_mod(score: Tensor, bi: Tensor, hi: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            _, o, q = slot(q_idx, kv_idx)
+            bb = bi if bias_flat.shape[0] > 1 else torch.zeros_like(bi)
+            bh = hi if bias_flat.shape[1] > 1 else torch.zeros_like(hi)
+            return score + bias_flat[bb, bh, o, q]
+
+    mask_b = None if keep_flat is None or keep_flat.shape[0] == 1 else b
+    mask_h = None if keep_flat is None or keep_flat.shape[1] == 1 else h
+    block_mask = create_block_mask(mask_mod, mask_b, mask_h, hw, hw, device=dev)
+
+    q = query.flatten(3).transpose(-1, -2)  # (B, h, HW, dk)
+    k = key.flatten(3).transpose(-1, -2)
+    v = value.flatten(3).transpose(-1, -2)  # (B, h, HW, dv)
+    if relative_value is not None:
+        # One-hot of each key's window slot class (row // dilation mod window, col // dilation mod window): within
+        # any window the w2 keys have distinct classes, so these output channels are the window probabilities.
+        ky = torch.arange(height, device=dev) // dilation % window_size
+        kx = torch.arange(width, device=dev) // dilation % window_size
+        cls = (ky.view(-1, 1) * window_size + kx.view(1, -1)).reshape(hw)
+        onehot = F.one_hot(cls, w2).to(v.dtype).expand(b, h, hw, w2)
+        v = torch.cat([v, onehot], dim=-1)
+    out = _flex_kernel(query.is_cuda)(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=scale)
+    if relative_value is not None:
+        probs_by_class = out[..., dv:]  # (B, h, HW, w2)
+        out = out[..., :dv]
+        qy = (torch.arange(height, device=dev) // dilation).view(height, 1, 1, 1)
+        qx = (torch.arange(width, device=dev) // dilation).view(1, width, 1, 1)
+        oy = torch.arange(window_size, device=dev).view(1, 1, window_size, 1)
+        ox = torch.arange(window_size, device=dev).view(1, 1, 1, window_size)
+        cls_of_slot = (((qy + oy - r) % window_size) * window_size + (qx + ox - r) % window_size).reshape(1, 1, hw, w2)
+        attn = probs_by_class.gather(-1, cls_of_slot.expand(b, h, hw, w2))  # (B, h, HW, w2) in slot order
+        out = out + attn @ relative_value.transpose(1, 2).unsqueeze(0)
+    return out.transpose(-1, -2).reshape(b, h, dv, height, width)
+
+
+class MultiheadLocalAttention(nn.Module):
+    """AOT's multi-head short-term (local) attention with relative position embeddings (Eq. 7, App. A.1).
+
+    ``forward(query, key, value)``: (B, C, H, W) maps already projected by the caller (LSTT) -> tokens (B, H*W, C)
+    after ``projection``. Parameters carry the official names and shapes (aot-benchmark
+    ``MultiheadLocalAttentionV2``), e.g. d_model 256, 8 heads, window 15: ``relative_emb_k`` Conv2d(256, 1800, 1,
+    groups=8) applied to the unscaled query, ``relative_emb_v`` (8, 32, 225) zero-initialised, ``projection``
+    Linear(256, 256). Heads are contiguous channel groups; ``dropout`` acts on the attention probabilities in
+    training.
+    """
+
+    def __init__(
+        self,
+        *,
+        d_model: int = 256,
+        num_heads: int = 8,
+        window_size: int = 15,
+        dilation: int = 1,
+        dropout: float = 0.0,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        if d_model % num_heads != 0:
+            raise ValueError(f"MultiheadLocalAttention: d_model={d_model} is not divisible by num_heads={num_heads}")
+        if window_size < 1 or window_size % 2 == 0:
+            raise ValueError(f"MultiheadLocalAttention: window_size must be a positive odd int, got {window_size}")
+        if backend not in LOCAL_ATTENTION_BACKENDS:
+            raise ValueError(
+                f"MultiheadLocalAttention: unknown backend {backend!r}; valid: {', '.join(LOCAL_ATTENTION_BACKENDS)}"
+            )
+        self.d_model = d_model
+        self.num_heads = num_heads
+        self.window_size = window_size
+        self.dilation = dilation
+        self.dropout = dropout
+        self.backend = backend
+        head_dim = d_model // num_heads
+        w2 = window_size * window_size
+        self.relative_emb_k = nn.Conv2d(d_model, num_heads * w2, kernel_size=1, groups=num_heads)
+        self.relative_emb_v = nn.Parameter(torch.zeros(num_heads, head_dim, w2))
+        self.projection = nn.Linear(d_model, d_model)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor) -> Tensor:
+        if query.ndim != 4 or query.shape[1] != self.d_model:
+            raise ValueError(
+                f"MultiheadLocalAttention: query must be (B, C={self.d_model}, H, W), got {tuple(query.shape)}"
+            )
+        if key.shape != query.shape or value.shape != query.shape:
+            raise ValueError(
+                f"MultiheadLocalAttention: key {tuple(key.shape)} and value {tuple(value.shape)} must match query "
+                f"{tuple(query.shape)}"
+            )
+        b, c, height, width = query.shape
+        nh = self.num_heads
+        w2 = self.window_size * self.window_size
+        rel_bias = self.relative_emb_k(query).view(b, nh, w2, height, width)
+        out = local_window_attention(
+            query.reshape(b, nh, c // nh, height, width),
+            key.reshape(b, nh, c // nh, height, width),
+            value.reshape(b, nh, c // nh, height, width),
+            window_size=self.window_size,
+            bias=rel_bias,
+            relative_value=self.relative_emb_v,
+            scale=1.0 / math.sqrt(c // nh),
+            dilation=self.dilation,
+            dropout_p=self.dropout if self.training else 0.0,
+            backend=self.backend,
+        )
+        return self.projection(out.reshape(b, c, height * width).transpose(1, 2))
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, num_heads={self.num_heads}, window_size={self.window_size}, "
+            f"dilation={self.dilation}, dropout={self.dropout}, backend={self.backend!r}"
+        )
