@@ -10,8 +10,10 @@ built submodules) with reserved keys that are not constructor arguments:
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 
 from voszoo.instantiate import ConfigError, build
@@ -95,12 +97,49 @@ def compose_model_config(name: str, overrides: list[str] | tuple[str, ...] = ())
     global_hydra.clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="voszoo"):
-            cfg = compose(overrides=hydra_overrides)
+            try:
+                cfg = compose(overrides=hydra_overrides)
+            except ConfigCompositionException as error:
+                _raise_missing_slot(name, error)
+                raise
     finally:
         GlobalHydra.instance().clear()
         if saved is not None:
             GlobalHydra.instance().initialize(saved)
     return cfg.model
+
+
+def presets_with_slot(slot: str) -> list[str]:
+    """Model presets whose defaults list fills ``slot`` (a folder of ``conf/model``), directly or through the preset
+    they extend."""
+    from voszoo._paths import conf_dir
+
+    root = conf_dir() / "model"
+    defaults = {path.stem: OmegaConf.load(path).get("defaults", []) for path in sorted(root.glob("*.yaml"))}
+
+    def has(preset: str, seen: frozenset[str] = frozenset()) -> bool:
+        for entry in defaults.get(preset, []):
+            if isinstance(entry, str) and entry in defaults and entry not in seen and has(entry, seen | {preset}):
+                return True
+            keys = entry.keys() if isinstance(entry, DictConfig | dict) else []
+            if any(str(key).removeprefix("override ").split("@")[0] == slot for key in keys):
+                return True
+        return False
+
+    return [preset for preset in defaults if has(preset)]
+
+
+def _raise_missing_slot(name: str, error: Exception) -> None:
+    """Turn Hydra's "Could not override 'model/<slot>'" into an error that says which presets have the slot."""
+    match = re.search(r"Could not override 'model/([\w]+)", str(error))
+    if match is None:
+        return
+    slot = match.group(1)
+    having = presets_with_slot(slot)
+    raise ConfigError(
+        f"model {name!r} has no {slot!r} slot, so `{slot}=...` cannot fill it; presets with a {slot!r} slot: "
+        f"{', '.join(having) if having else 'none'}"
+    ) from error
 
 
 def create_model(name: str, *, overrides: list[str] | tuple[str, ...] = (), **values: Any) -> Any:
