@@ -1,9 +1,16 @@
-"""voszoo's config-free building blocks (torch and einops only). This import path is public and stays stable.
+"""voszoo's config-free building blocks (torch, einops; torchvision for RAFT). This import path is public and stays stable.
 
 Each layer cites the paper, section and equation it implements; see docs/components.md and docs/methods/.
 """
 
 from voszoo.layers.aggregation import soft_aggregate
+from voszoo.layers.bilateral import (
+    BilateralTransformer,
+    MultiheadBilateralAttention,
+    bilateral_attention,
+    bilateral_keep_mask,
+)
+from voszoo.layers.flow import FlowCalibration, RAFTFlow
 from voszoo.layers.identity import IdentityBank, assign_identities, identity_decode, identity_selection
 from voszoo.layers.interactive import AttentionBlock, InteractiveTransformer
 from voszoo.layers.local_attention import MultiheadLocalAttention, local_window_attention
@@ -29,6 +36,12 @@ from voszoo.layers.motion_uncertainty import (
 from voszoo.layers.position import SinePositionEmbedding, sine_position_embedding
 
 __all__ = [
+    "BilateralTransformer",
+    "FlowCalibration",
+    "MultiheadBilateralAttention",
+    "RAFTFlow",
+    "bilateral_attention",
+    "bilateral_keep_mask",
     "LSTT",
     "AdditiveFusion",
     "AttentionBlock",

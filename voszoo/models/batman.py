@@ -1,0 +1,425 @@
+"""BATMAN: Bilateral Attention Transformer in Motion-Appearance Neighboring space.
+
+Yu et al., "BATMAN: Bilateral Attention Transformer in Motion-Appearance Neighboring Space for Video Object
+Segmentation", ECCV 2022 (shared/papers/000: Sec. 3.1-3.3, Eq. 1-3, Sec. 4.1). No official code is public: the
+paper is the specification, and every choice below where it is silent is exposed as an argument or a config value.
+
+Components (-> voszoo):
+
+- image encoder (memory and query): ResNet-50 (Sec. 4.1) up to ``layer3``; ONE encoder serves memory and query
+  frames (AOT's design, whose identification embedding BATMAN follows: the memory's keys/values are the query-side
+  transformer states of the memorised frame, so a separate memory encoder has nothing to encode);
+- initial flow between the previous and the query frame: frozen RAFT (:class:`voszoo.layers.flow.RAFTFlow`), the
+  clip's ground-truth flow (:class:`~voszoo.layers.flow.GroundTruthFlow`) or none (:class:`~voszoo.layers.flow.NoFlow`);
+- flow calibration U-Net (Sec. 3.3): :class:`voszoo.layers.flow.FlowCalibration` on [flow / ``flow_norm``,
+  previous mask in identity slots (B, M+1, H, W)], trained by an MSE to the initial flow;
+- flow encoder: ResNet-50 (Sec. 4.1) on the 2-channel calibrated flow, its ``flow_scale`` (stride 16) features;
+- bilateral space encoding E: :class:`voszoo.layers.bilateral.BilateralSpaceEncoder` (1x1 conv of [image encoder
+  ``embed_scale`` features, flow features] to one channel);
+- identification embedding (AOT [50], Sec. 4.1): :class:`voszoo.layers.identity.IdentityBank`;
+- bilateral transformer (Sec. 3.2, 12 blocks, W_d = 7, W_b = 84): :class:`voszoo.layers.bilateral.BilateralTransformer`;
+- decoder: FPN with GroupNorm (:class:`voszoo.decoders.fpn.FPNHead`) on [projected encoder features, every block's
+  output], identity logits decoded to the objects (AOT's Eq. 5);
+- losses: bootstrapped CE + soft Jaccard (the ``criterion``) + ``flow_loss_weight`` x calibration MSE.
+
+The contract (``voszoo.models.base``):
+
+- ``encode``: encoder, projection, sine position embedding;
+- ``segment``: initial flow (previous image from ``memory.state``), calibration with the previous frame's memorised
+  mask, E, the transformer over the memory (cross-attention: long-term entries; bilateral attention: the previous
+  frame, the short-term entry), decoding;
+- ``memorize``: AOT's memorisation (identities fused into the values), plus the frame's image and its mask in
+  identity slots kept in ``memory.state`` for the next frame's flow and calibration.
+
+Choices where the paper is silent (voszoo):
+
+- the reference frame (no previous frame) runs the transformer on itself with its own identities (AOT) and with E
+  computed from a ZERO flow calibrated with its own mask;
+- the calibration works on flow / ``flow_norm`` (10 pixels), residual (output = input + correction), at the input
+  resolution; its MSE compares normalised flows and is averaged over the predicted frames;
+- memorised masks are one-hot (``memory_mask="hard"``, AOT's official choice); the calibration sees the same mask;
+- identities, memory schedule (long-term = reference frame in training, ``train_long_term_gap``) as AOT-T/S/B;
+- with ``transformer.attention="spatial_local"`` (Table 3) or flow ``NoFlow`` the modules that could no longer
+  influence the output (flow source, calibration, flow encoder; and E itself for spatial_local) are dropped at
+  construction, so parameter counts and the optimiser see the ablated model; ``calibration=None`` (Table 4) feeds
+  the raw normalised flow to the flow encoder.
+
+Training: the base class's unrolled forward. The calibration MSE of each predicted frame is logged by ``segment``
+into a loss log that :meth:`BATMAN.new_training_memory` places in ``memory.state``; :meth:`BATMAN.training_chunks`
+wraps the base generator and adds ``flow_loss_weight x (sum of the chunk's frame MSEs) / (T - 1)`` to each chunk's
+``"loss"`` (reported as ``"loss_flow"``), so the chunks again sum to the clip mean. Ground-truth flow: a clip that
+carries ``flows`` (B, T-1, 2, H, W) (forward flow t -> t+1, input pixels) feeds frame t's ``memorize`` the flow to
+frame t+1; voszoo's ``Clip`` does not carry it yet (docs/methods/batman.md).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from voszoo.inference.memory import EveryN, MemoryBank
+from voszoo.layers.bilateral import BilateralSpaceEncoder
+from voszoo.layers.flow import NoFlow
+from voszoo.layers.position import SinePositionEmbedding
+from voszoo.losses import flow_mse
+from voszoo.models.base import FrameFeatures, VOSModel
+
+if TYPE_CHECKING:
+    from voszoo.decoders.fpn import FPNHead
+    from voszoo.layers.bilateral import BilateralTransformer
+    from voszoo.layers.flow import FlowCalibration
+    from voszoo.layers.identity import IdentityBank
+    from voszoo.types import Clip
+
+__all__ = ["BATMAN"]
+
+ASSIGNMENT_KEY = "id_assignment"
+COUNTS_KEY = "objects_per_sample"
+PENDING_KEY = "batman_pending"
+PREV_IMAGE_KEY = "batman_prev_image"
+PREV_MASK_KEY = "batman_prev_mask"
+CLIP_FLOWS_KEY = "batman_clip_flows"
+GIVEN_FLOW_KEY = "batman_given_flow"
+FLOW_LOG_KEY = "batman_flow_log"
+MEMORY_MASKS = ("hard", "soft")
+
+
+class _FlowLossLog:
+    """Per-frame calibration MSEs of a training unroll (not a tensor/list, so ``detach_memory`` leaves it alone)."""
+
+    def __init__(self) -> None:
+        self.losses: list[Tensor] = []
+
+    def take(self) -> list[Tensor]:
+        losses, self.losses = self.losses, []
+        return losses
+
+
+def _to_tokens(x: Tensor) -> Tensor:
+    return x.flatten(2).transpose(1, 2)
+
+
+def _to_map(x: Tensor, size: tuple[int, int]) -> Tensor:
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *size)
+
+
+class BATMAN(VOSModel):
+    """BATMAN assembled from built parts (see the module docstring).
+
+    Args:
+        encoder: ``image -> {scale: (B, C_s, H/s, W/s)}`` with a ``channels`` dict.
+        transformer: the bilateral transformer (its ``d_model`` is the token width C).
+        decoder: FPN head, ``(x (B, C (L+1), h, w), [s16, s8, s4]) -> (B, M+1, H/4, W/4)``.
+        identity: identity bank with M identities and width C.
+        flow: initial flow source (``RAFTFlow``, ``GroundTruthFlow`` or ``NoFlow``).
+        flow_encoder: ``flow (B, 2, H, W) -> {scale: ...}`` with ``channels`` (a ResNet with ``image_channels=2``);
+            required unless the flow is ``NoFlow`` or the attention is ``spatial_local``.
+        calibration: the flow calibration U-Net (``mask_channels`` = M+1), or None to feed the raw flow (Table 4).
+        criterion: segmentation losses (bootstrapped CE + soft Jaccard); None for inference only.
+        embed_scale: encoder scale projected to C and used as the query image encoding of E.
+        skip_scales: encoder scales passed to the decoder (stride 16, 8, 4).
+        flow_scale: flow-encoder scale concatenated into E (same stride as ``embed_scale``).
+        flow_norm: flows are divided by this (pixels) before calibration and encoding.
+        flow_loss_weight: weight of the calibration MSE in the total loss.
+        align_corners: of the final bilinear upsampling.
+        train_long_term_gap: training long-term memory gap (9999: the reference frame only).
+        memory_mask: ``"hard"`` (argmax one-hot) or ``"soft"`` memorised masks.
+    """
+
+    multi_object = "joint"
+    stride = 16
+    encoder_parameter_prefixes = ("encoder",)
+
+    def __init__(
+        self,
+        *,
+        encoder: nn.Module,
+        transformer: BilateralTransformer,
+        decoder: FPNHead,
+        identity: IdentityBank,
+        flow: nn.Module,
+        flow_encoder: nn.Module | None = None,
+        calibration: FlowCalibration | None = None,
+        criterion: nn.Module | None = None,
+        embed_scale: str = "s16",
+        skip_scales: Sequence[str] = ("s16", "s8", "s4"),
+        flow_scale: str = "s16",
+        flow_norm: float = 10.0,
+        flow_loss_weight: float = 1.0,
+        align_corners: bool = True,
+        train_long_term_gap: int = 9999,
+        memory_mask: str = "hard",
+    ) -> None:
+        super().__init__(criterion=criterion)
+        channels = dict(getattr(encoder, "channels", {}))
+        skip_scales = tuple(skip_scales)
+        missing = [s for s in (embed_scale, *skip_scales) if s not in channels]
+        if missing:
+            raise ValueError(f"BATMAN: the encoder's `channels` must name {missing}; it has {sorted(channels)}")
+        d_model = transformer.d_model
+        if identity.embed_dim != d_model:
+            raise ValueError(
+                f"BATMAN: identity.embed_dim={identity.embed_dim} must equal transformer.d_model={d_model}"
+            )
+        if decoder.out_channels != identity.num_identities + 1:
+            raise ValueError(
+                f"BATMAN: decoder.out_channels={decoder.out_channels} must be identity.num_identities + 1 = "
+                f"{identity.num_identities + 1}"
+            )
+        if decoder.in_channels != d_model * (transformer.num_layers + 1):
+            raise ValueError(
+                f"BATMAN: decoder.in_channels={decoder.in_channels} must be d_model x (blocks + 1) = "
+                f"{d_model * (transformer.num_layers + 1)}"
+            )
+        skip_channels = tuple(channels[s] for s in skip_scales)
+        if tuple(decoder.skip_channels) != skip_channels:
+            raise ValueError(
+                f"BATMAN: decoder.skip_channels={tuple(decoder.skip_channels)} must match the encoder's {skip_scales} "
+                f"channels {skip_channels}"
+            )
+        if memory_mask not in MEMORY_MASKS:
+            raise ValueError(f"BATMAN: memory_mask must be one of {MEMORY_MASKS}, got {memory_mask!r}")
+        if train_long_term_gap < 1 or flow_norm <= 0 or flow_loss_weight < 0:
+            raise ValueError(
+                f"BATMAN: need train_long_term_gap >= 1, flow_norm > 0, flow_loss_weight >= 0; got "
+                f"{train_long_term_gap}, {flow_norm}, {flow_loss_weight}"
+            )
+        uses_encoding = transformer.attention == "bilateral"
+        uses_flow = uses_encoding and not isinstance(flow, NoFlow)
+        if uses_flow:
+            if flow_encoder is None:
+                raise ValueError("BATMAN: a flow source needs a flow_encoder (or use flow NoFlow)")
+            flow_channels = dict(getattr(flow_encoder, "channels", {}))
+            if flow_scale not in flow_channels:
+                raise ValueError(f"BATMAN: flow_encoder has no scale {flow_scale!r}; it has {sorted(flow_channels)}")
+            if calibration is not None and calibration.mask_channels != identity.num_identities + 1:
+                raise ValueError(
+                    f"BATMAN: calibration.mask_channels={calibration.mask_channels} must be M+1 = "
+                    f"{identity.num_identities + 1} (the previous mask in identity slots)"
+                )
+        self.encoder = encoder
+        self.encoder_projector = nn.Conv2d(channels[embed_scale], d_model, kernel_size=1)
+        nn.init.xavier_uniform_(self.encoder_projector.weight)
+        self.transformer = transformer
+        self.decoder = decoder
+        self.identity = identity
+        self.pos_generator = SinePositionEmbedding(num_pos_feats=d_model // 2, normalize=True)
+        # ablations drop the modules that cannot reach the output (module docstring)
+        self.flow = flow if uses_flow else None
+        self.flow_encoder = flow_encoder if uses_flow else None
+        self.calibration = calibration if uses_flow else None
+        self.bilateral_encoder = (
+            BilateralSpaceEncoder(
+                image_channels=channels[embed_scale],
+                flow_channels=dict(flow_encoder.channels)[flow_scale] if uses_flow else 0,  # type: ignore[union-attr]
+            )
+            if uses_encoding
+            else None
+        )
+        self.max_objects = identity.num_identities
+        self.embed_scale = embed_scale
+        self.skip_scales = skip_scales
+        self.flow_scale = flow_scale
+        self.flow_norm = float(flow_norm)
+        self.flow_loss_weight = float(flow_loss_weight)
+        self.align_corners = align_corners
+        self.train_long_term_gap = train_long_term_gap
+        self.memory_mask = memory_mask
+
+    # -- the contract -------------------------------------------------------------------------------------------
+    def encode(self, image: Tensor) -> FrameFeatures:
+        """Encoder maps; cache ``embedding`` (B, C, H/16, W/16) (projected) and ``pos`` (1, C, H/16, W/16)."""
+        maps = self.encoder(image)
+        embedding = self.encoder_projector(maps[self.embed_scale])
+        pos = self.pos_generator(embedding)
+        return FrameFeatures(image=image, maps=dict(maps), cache={"embedding": embedding, "pos": pos})
+
+    def segment(self, memory: MemoryBank, feats: FrameFeatures) -> Tensor:
+        """Flow, calibration, E, the transformer over the memory, decoding: logits (B, N+1, H, W)."""
+        embedding = feats.cache["embedding"]
+        size = (int(embedding.shape[-2]), int(embedding.shape[-1]))
+        long_term, short_term = self._read(memory, size)
+        encoding = self._encoding(memory, feats, reference=False)
+        outputs, frame_memories = self.transformer(
+            _to_tokens(embedding),
+            size=size,
+            encoding=encoding,
+            pos=_to_tokens(feats.cache["pos"]),
+            long_term=long_term,
+            short_term=short_term,
+        )
+        memory.state[PENDING_KEY] = (embedding, frame_memories)
+        return self._decode(memory, feats, outputs)
+
+    def memorize(self, memory: MemoryBank, feats: FrameFeatures, probs: Tensor, frame_index: int) -> None:
+        """Write the frame's per-layer (K, V) with the identification embedding of ``probs`` (B, N+1, H, W); keep
+        the image and the identity-slot mask for the next frame's flow and calibration."""
+        num_objects = int(memory.state["num_objects"])
+        batch = feats.image.shape[0]
+        if probs.ndim != 4 or tuple(probs.shape) != (batch, num_objects + 1, *feats.size):
+            raise ValueError(
+                f"BATMAN.memorize: probs must be (B={batch}, N+1={num_objects + 1}, {feats.size[0]}, "
+                f"{feats.size[1]}), got {tuple(probs.shape)}"
+            )
+        embedding = feats.cache["embedding"]
+        size = (int(embedding.shape[-2]), int(embedding.shape[-1]))
+        first = memory.reference_index is None
+        if first and ASSIGNMENT_KEY not in memory.state:
+            memory.state[ASSIGNMENT_KEY] = self.identity.assign(
+                batch, num_objects, shuffle=self.training, device=probs.device
+            )
+        if self.memory_mask == "hard":
+            probs = F.one_hot(probs.argmax(dim=1), num_objects + 1).permute(0, 3, 1, 2)
+        masks = probs.to(embedding.dtype)
+        slot_masks = self.identity.scatter(masks, memory.state[ASSIGNMENT_KEY])  # (B, M+1, H, W)
+        id_emb = _to_tokens(self.identity(masks, memory.state[ASSIGNMENT_KEY]))
+        if tuple(id_emb.shape[1:]) != (size[0] * size[1], self.transformer.d_model):
+            raise ValueError(
+                f"BATMAN.memorize: the identity bank maps a {feats.size} mask to {tuple(id_emb.shape)} tokens, the "
+                f"encoder to a {size} grid; use inputs whose sides are multiples of {self.stride}"
+            )
+        pending = memory.state.pop(PENDING_KEY, None)
+        if pending is not None and pending[0] is embedding:
+            frame_memories = pending[1]
+        elif first:
+            memory.state[PREV_MASK_KEY] = slot_masks  # the reference frame calibrates a zero flow with its own mask
+            _, frame_memories = self.transformer(
+                _to_tokens(embedding),
+                size=size,
+                encoding=self._encoding(memory, feats, reference=True),
+                pos=_to_tokens(feats.cache["pos"]),
+                id_emb=id_emb,
+            )
+        else:
+            long_term, short_term = self._read(memory, size)
+            _, frame_memories = self.transformer(
+                _to_tokens(embedding),
+                size=size,
+                encoding=self._encoding(memory, feats, reference=False),
+                pos=_to_tokens(feats.cache["pos"]),
+                long_term=long_term,
+                short_term=short_term,
+            )
+        tensors: dict[str, Tensor] = {}
+        for layer, (key, value) in enumerate(self.transformer.fuse(frame_memories, id_emb)):
+            tensors[f"key{layer}"] = key
+            tensors[f"value{layer}"] = value
+        memory.write(frame_index, tensors)
+        memory.state[PREV_IMAGE_KEY] = feats.image
+        memory.state[PREV_MASK_KEY] = slot_masks
+        clip_flows = memory.state.get(CLIP_FLOWS_KEY)
+        memory.state.pop(GIVEN_FLOW_KEY, None)
+        if clip_flows is not None and frame_index < clip_flows.shape[1]:
+            memory.state[GIVEN_FLOW_KEY] = clip_flows[:, frame_index]
+
+    # -- training -----------------------------------------------------------------------------------------------
+    def new_training_memory(self, clip: Clip, *, num_objects: int, memory_frames: int | None) -> MemoryBank:
+        """AOT's training memory (long-term gap, per-sample object counts), the calibration loss log and, when the
+        clip carries ``flows`` (B, T-1, 2, H, W), the ground-truth flows."""
+        memory = self.new_memory(EveryN(n=self.train_long_term_gap, max_frames=memory_frames), num_objects=num_objects)
+        memory.state[COUNTS_KEY] = clip.num_objects.to(clip.images.device).long().clamp(0, num_objects)
+        log = getattr(clip, "_batman_flow_log", None)
+        if log is not None:
+            memory.state[FLOW_LOG_KEY] = log
+        flows = getattr(clip, "flows", None)
+        if flows is not None:
+            b, t, _, h, w = clip.images.shape
+            if tuple(flows.shape) != (b, t - 1, 2, h, w):
+                raise ValueError(f"BATMAN: clip.flows must be (B, T-1, 2, H, W) = {(b, t - 1, 2, h, w)}")
+            memory.state[CLIP_FLOWS_KEY] = flows.to(clip.images.device, torch.float32)
+        return memory
+
+    def training_chunks(
+        self, clip: Clip, *, chunk_frames: int | None, memory_frames: int | None = None
+    ) -> Iterator[dict[str, Tensor]]:
+        """The base unroll plus the calibration MSE: ``"loss_flow"`` = sum of the chunk's per-frame MSEs / (T-1),
+        added to ``"loss"`` with ``flow_loss_weight``."""
+        log = _FlowLossLog()
+        tagged = copy.copy(clip)  # the caller's clip is not modified
+        tagged._batman_flow_log = log  # type: ignore[attr-defined]
+        predicted = clip.num_frames - 1
+        for out in super().training_chunks(tagged, chunk_frames=chunk_frames, memory_frames=memory_frames):
+            losses = log.take()
+            if self.calibration is not None:
+                flow_loss = torch.stack(losses).sum() / predicted if losses else out["loss"].new_zeros(())
+                out = {**out, "loss": out["loss"] + self.flow_loss_weight * flow_loss, "loss_flow": flow_loss}
+            yield out
+
+    # -- helpers ------------------------------------------------------------------------------------------------
+    def _encoding(self, memory: MemoryBank, feats: FrameFeatures, *, reference: bool) -> Tensor | None:
+        """E (B, 1, h, w) of the frame of ``feats`` (None for spatial_local attention)."""
+        if self.bilateral_encoder is None:
+            return None
+        image_features = feats.maps[self.embed_scale]
+        if self.flow is None:
+            return self.bilateral_encoder(image_features)
+        image = feats.image
+        b, _, h, w = image.shape
+        if reference:
+            flow = image.new_zeros(b, 2, h, w)
+        else:
+            given = memory.state.pop(GIVEN_FLOW_KEY, None)
+            if given is not None:
+                flow = given
+            else:
+                previous = memory.state.get(PREV_IMAGE_KEY)
+                if previous is None:
+                    raise RuntimeError("BATMAN: no previous frame in the memory; memorize the reference frame first")
+                flow = self.flow(previous, image)
+            if tuple(flow.shape) != (b, 2, h, w):
+                raise ValueError(f"BATMAN: the initial flow must be (B, 2, H, W) = {(b, 2, h, w)}, got {flow.shape}")
+        initial = flow.to(image_features.dtype) / self.flow_norm
+        calibrated = initial
+        if self.calibration is not None:
+            calibrated = self.calibration(initial, memory.state[PREV_MASK_KEY].to(initial.dtype))
+            log = memory.state.get(FLOW_LOG_KEY)
+            if log is not None and not reference:
+                log.losses.append(flow_mse(calibrated, initial))
+        assert self.flow_encoder is not None
+        flow_features = self.flow_encoder(calibrated)[self.flow_scale]
+        if flow_features.shape[-2:] != image_features.shape[-2:]:
+            raise ValueError(
+                f"BATMAN: flow features {tuple(flow_features.shape)} and image features "
+                f"{tuple(image_features.shape)} must share the grid (flow_scale / embed_scale)"
+            )
+        return self.bilateral_encoder(image_features, flow_features)
+
+    def _read(
+        self, memory: MemoryBank, size: tuple[int, int]
+    ) -> tuple[list[tuple[Tensor, Tensor]], list[tuple[Tensor, Tensor]]]:
+        """Per-layer long-term (K, V) (B, T*h*w, C) and short-term (K, V) (B, C, h, w)."""
+        if not memory.long_term or memory.short_term is None:
+            raise RuntimeError("BATMAN: the memory is empty; memorize the reference frame first")
+        short = memory.short_term.tensors
+        if short["key0"].shape[1] != size[0] * size[1]:
+            raise ValueError(
+                f"BATMAN: the memory holds {short['key0'].shape[1]} tokens per frame, the current frame {size}"
+            )
+        long_term, short_term = [], []
+        for layer in range(self.transformer.num_layers):
+            keys = memory.stack(f"key{layer}", dim=1, include_short_term=False).flatten(1, 2)
+            values = memory.stack(f"value{layer}", dim=1, include_short_term=False).flatten(1, 2)
+            long_term.append((keys, values))
+            short_term.append((_to_map(short[f"key{layer}"], size), _to_map(short[f"value{layer}"], size)))
+        return long_term, short_term
+
+    def _decode(self, memory: MemoryBank, feats: FrameFeatures, outputs: list[Tensor]) -> Tensor:
+        embedding = feats.cache["embedding"]
+        size = (int(embedding.shape[-2]), int(embedding.shape[-1]))
+        x = torch.cat([embedding, *(_to_map(out, size) for out in outputs)], dim=1)
+        id_logits = self.decoder(x, [feats.maps[scale] for scale in self.skip_scales])
+        id_logits = F.interpolate(id_logits, size=feats.size, mode="bilinear", align_corners=self.align_corners)
+        id_logits = id_logits.to(torch.promote_types(id_logits.dtype, torch.float32))
+        return self.identity.decode(id_logits, memory.state[ASSIGNMENT_KEY], num_objects=memory.state.get(COUNTS_KEY))
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, max_objects={self.max_objects}, attention={self.transformer.attention!r}, "
+            f"flow={type(self.flow).__name__ if self.flow is not None else None}, "
+            f"calibration={self.calibration is not None}"
+        )
