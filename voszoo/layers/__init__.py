@@ -1,4 +1,4 @@
-"""voszoo's config-free building blocks (torch, einops; torchvision for RAFT). This import path is public and stays stable.
+"""voszoo's config-free building blocks (torch, einops; torchvision for RAFT). A public, stable import path.
 
 Each layer cites the paper, section and equation it implements; see docs/components.md and docs/methods/.
 """
