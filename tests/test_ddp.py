@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
 from trainer_toys import RandomClips, ToyVOS
 
@@ -25,6 +26,7 @@ WORKER = textwrap.dedent(
     from voszoo.engine import Trainer, destroy_distributed
 
     output_dir, weights_dir = sys.argv[1], sys.argv[2]
+    truncate_frames = None if sys.argv[3] == "none" else int(sys.argv[3])
     torch.manual_seed(0)
     model = ToyVOS(dropout=0.0)
     trainer = Trainer(
@@ -41,6 +43,7 @@ WORKER = textwrap.dedent(
         checkpoint_every=2,
         log_every=1,
         progress=False,
+        truncate_frames=truncate_frames,
     )
     assert trainer.dist.world_size == 2 and trainer.dist.backend == "gloo"
     trainer.fit()
@@ -50,7 +53,9 @@ WORKER = textwrap.dedent(
 )
 
 
-def single_process_reference(output_dir: Path) -> tuple[dict[str, torch.Tensor], list[dict]]:
+def single_process_reference(
+    output_dir: Path, truncate_frames: int | None = None
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """One process, batch 2: step k sees the samples ranks 0 and 1 see at step k (shard_indices deals round-robin)."""
     torch.manual_seed(0)
     model = ToyVOS(dropout=0.0)
@@ -67,13 +72,16 @@ def single_process_reference(output_dir: Path) -> tuple[dict[str, torch.Tensor],
         checkpoint_every=0,
         log_every=1,
         progress=False,
+        truncate_frames=truncate_frames,
     )
     trainer.fit()
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     return trainer.model.state_dict(), records
 
 
-def test_two_process_gloo_run_matches_one_process_with_double_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("truncate_frames", [None, 1], ids=["whole_clip", "sequence_learning"])
+def test_two_process_gloo_run_matches_one_process_with_double_batch(tmp_path: Path, truncate_frames) -> None:
+    """Also with sequence learning (truncate_frames), whose chunks bypass DDP's reducer and average explicitly."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     (tmp_path / "weights").mkdir()
@@ -84,7 +92,7 @@ def test_two_process_gloo_run_matches_one_process_with_double_batch(tmp_path: Pa
     }
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = subprocess.run(
-        [*command, str(script), str(tmp_path / "run"), str(tmp_path / "weights")],
+        [*command, str(script), str(tmp_path / "run"), str(tmp_path / "weights"), str(truncate_frames).lower()],
         env=env,
         capture_output=True,
         text=True,
@@ -95,7 +103,7 @@ def test_two_process_gloo_run_matches_one_process_with_double_batch(tmp_path: Pa
     rank0 = torch.load(tmp_path / "weights" / "rank0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "weights" / "rank1.pt", weights_only=True)
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)  # gradients were synchronised
-    expected, expected_records = single_process_reference(tmp_path / "single")
+    expected, expected_records = single_process_reference(tmp_path / "single", truncate_frames)
     for key, value in expected.items():
         torch.testing.assert_close(rank0[key], value, atol=1e-6, rtol=0, msg=key)
 
