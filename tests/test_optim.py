@@ -70,6 +70,29 @@ def test_default_groups_encoder_lr_and_no_decay_on_norms_and_biases() -> None:
         assert groups[name] == pytest.approx((lr, mult, wd)), name
 
 
+def test_model_declared_weight_decay_exemptions() -> None:
+    class Exempting(Net):
+        no_weight_decay_keys = ("head_scale", "decoder.proj")
+
+    model = Exempting()
+    groups = group_of(build_optimizer(model, lr=1e-3, weight_decay=0.05), model)
+    assert groups["head_scale"][2] == 0.0 and groups["decoder.proj.weight"][2] == 0.0
+    assert groups["query_encoder.backbone.conv1.weight"][2] == 0.05  # the rest keeps the default rule
+    Exempting.no_weight_decay_keys = "head_scale"  # a bare string is a mistake, not a list of one-letter keys
+    with pytest.raises(ValueError, match="no_weight_decay_keys must be a sequence of strings"):
+        build_optimizer(model, lr=1e-3, weight_decay=0.05)
+
+
+def test_aot_exempts_what_the_official_recipe_exempts() -> None:
+    from voszoo.models.registry import create_model
+
+    model = create_model("aot_t")
+    groups = group_of(build_optimizer(model, lr=1e-3, weight_decay=0.07), model)
+    assert groups["LSTT.layers.0.short_term_attn.relative_emb_v"][2] == 0.0
+    assert groups["decoder.conv_out.weight"][2] == 0.0
+    assert groups["LSTT.layers.0.linear_Q.weight"][2] == 0.07
+
+
 def test_explicit_and_model_declared_encoder_prefixes() -> None:
     model = Net()
     groups = group_of(build_optimizer(model, lr=1.0, encoder_lr_mult=0.5, encoder_prefixes=["decoder.proj"]), model)

@@ -65,9 +65,18 @@ def _is_encoder_default(name: str) -> bool:
     return "encoder" in module_path or "backbone" in module_path
 
 
-def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
+def _no_weight_decay(name: str, param: nn.Parameter, exempt: Sequence[str] = ()) -> bool:
     last = name.rsplit(".", 1)[-1]
-    return param.ndim <= 1 or last.endswith("bias") or "norm" in name or "bn" in name
+    return param.ndim <= 1 or last.endswith("bias") or "norm" in name or "bn" in name or any(k in name for k in exempt)
+
+
+def no_weight_decay_keys_of(model: nn.Module) -> tuple[str, ...]:
+    """Name fragments the model exempts from weight decay beyond the default rule (class attribute
+    ``no_weight_decay_keys``, e.g. AOT's ``relative_emb_v`` and ``conv_out``), else ()."""
+    declared = getattr(model, "no_weight_decay_keys", ())
+    if isinstance(declared, str) or not all(isinstance(k, str) for k in declared):
+        raise ValueError(f"{type(model).__name__}.no_weight_decay_keys must be a sequence of strings, got {declared!r}")
+    return tuple(declared)
 
 
 def param_groups(
@@ -82,10 +91,10 @@ def param_groups(
 
     A parameter belongs to the encoder if its name matches ``encoder_prefixes``; if None, the model's
     ``encoder_parameter_prefixes`` (attribute or method) are used; if the model declares none, parameters whose
-    module path contains ``"encoder"`` or ``"backbone"``. No weight decay for 1-D parameters and parameters named
-    ``*bias``, ``*norm*`` or ``*bn*``. Frozen parameters (``requires_grad=False``) are left out. Each group has
-    ``params``, ``lr`` (= ``lr * lr_mult``), ``lr_mult``, ``weight_decay`` and a ``name`` such as
-    ``"encoder/no_decay"``.
+    module path contains ``"encoder"`` or ``"backbone"``. No weight decay for 1-D parameters, parameters named
+    ``*bias``, ``*norm*`` or ``*bn*``, and names containing one of the model's ``no_weight_decay_keys``. Frozen
+    parameters (``requires_grad=False``) are left out. Each group has ``params``, ``lr`` (= ``lr * lr_mult``),
+    ``lr_mult``, ``weight_decay`` and a ``name`` such as ``"encoder/no_decay"``.
     """
     if isinstance(encoder_prefixes, str):
         raise ValueError(f"encoder_prefixes must be a sequence of strings, not the string {encoder_prefixes!r}")
@@ -93,10 +102,11 @@ def param_groups(
     is_encoder: Callable[[str], bool] = (
         _is_encoder_default if prefixes is None else (lambda name: matches_any(name, prefixes))
     )
+    exempt = no_weight_decay_keys_of(model)
     groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            groups.setdefault((is_encoder(name), _no_weight_decay(name, param)), []).append(param)
+            groups.setdefault((is_encoder(name), _no_weight_decay(name, param, exempt)), []).append(param)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters (all are frozen)")
     result = []

@@ -109,6 +109,8 @@ class AOT(VOSModel):
     multi_object = "joint"
     stride = 16
     encoder_parameter_prefixes = ("encoder",)
+    # exempt from weight decay as in the official recipe (aot-benchmark ``get_trainable_params``, no_wd_keys)
+    no_weight_decay_keys = ("relative_emb_v", "conv_out")
 
     def __init__(
         self,
