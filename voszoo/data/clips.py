@@ -4,6 +4,13 @@ A sample is T annotated frames of one video (:func:`~voszoo.data.sampling.sample
 clip-consistent :class:`~voszoo.data.transforms.ClipTransform`, reduced to at most ``max_objects`` objects that are
 visible in the first frame, renumbered 1..N. Batches are made by :func:`voszoo.types.collate_clips`.
 
+Ground-truth flow (``ClipDataset(with_flow=True)``, for collections whose videos have ``flow(t)``, i.e. ToyVOS): each
+sample also holds ``flows`` (T-1, 2, H, W) float32, ``flows[t]`` the forward flow from clip frame t to clip frame t+1
+(dx then dy, in pixels of the transformed clip; see :attr:`voszoo.types.Clip.flows`). Between sampled frames a < b
+the per-frame flows are chained at the video's resolution by :func:`chain_flows`, then the clip's crop, resize and
+flip are applied (:meth:`ClipTransform.with_flows`); a repeated frame (a == b) has zero flow. With the merge trick
+the merged flow is the pasted clip's where its objects were pasted, else the first clip's (:func:`merge_flows`).
+
 Determinism: sample ``i`` of epoch ``e`` is a pure function of ``(seed, e, i)`` (and of the dataset's arguments and
 current ``max_gap``): all randomness comes from ``np.random.default_rng([seed, e, i])``, so DataLoader workers, any
 number of them, produce the same batches, and resuming at (epoch, step) reproduces the interrupted run exactly. Call
@@ -27,7 +34,16 @@ from voszoo.data.sampling import GapCurriculum, sample_frame_indices
 from voszoo.data.transforms import ClipTransform, normalize_image, visible_objects
 from voszoo.data.video import VideoCollection
 
-__all__ = ["BaseClipDataset", "ClipDataset", "choose_objects", "keep_objects", "merge_clips"]
+__all__ = [
+    "BaseClipDataset",
+    "ClipDataset",
+    "chain_flows",
+    "choose_objects",
+    "compose_flows",
+    "keep_objects",
+    "merge_clips",
+    "merge_flows",
+]
 
 _MAX_MERGED_ID = 254  # ids above this would collide with void (255)
 
@@ -99,9 +115,76 @@ def merge_clips(
     return images, keep_objects(labels, keep), len(keep)
 
 
+def merge_flows(first_flows: np.ndarray, second_flows: np.ndarray, second_labels: np.ndarray) -> np.ndarray:
+    """The flow of a :func:`merge_clips` clip: a flow is attached to the pixel it starts from, so pixel p of frame t
+    takes the second clip's flow where the second clip's object was pasted at p in frame t, else the first clip's.
+
+    Inputs: flows (T-1, H, W, 2) of both clips, the second clip's labels (T, H, W) (ids 1..N2 are pasted, as in
+    :func:`merge_clips`). Returns (T-1, H, W, 2) float32.
+    """
+    if first_flows.shape != second_flows.shape or second_labels.shape[1:] != first_flows.shape[1:3]:
+        raise ValueError(
+            f"merge_flows: flows {first_flows.shape} and {second_flows.shape} and labels {second_labels.shape} differ"
+        )
+    second_labels = np.asarray(second_labels)
+    pasted = (second_labels[:-1] >= 1) & (second_labels[:-1] != 255)
+    return np.where(pasted[..., None], second_flows, first_flows).astype(np.float32, copy=False)
+
+
+def _sample_bilinear(field: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bilinear sample of an (H, W, C) field at (H, W) pixel positions x (columns), y (rows), clamped to the border.
+
+    ``grid_sample`` with ``align_corners=True`` puts normalised -1 and 1 at the centres of the first and last pixels,
+    so pixel position x maps to ``2 x / (W - 1) - 1``; ``padding_mode="border"`` clamps. Returns (H, W, C) float32.
+    """
+    height, width = field.shape[:2]
+    grid = np.stack([x * (2.0 / max(width - 1, 1)) - 1.0, y * (2.0 / max(height - 1, 1)) - 1.0], axis=-1)
+    values = torch.from_numpy(np.ascontiguousarray(field, dtype=np.float32)).permute(2, 0, 1)[None]
+    sampled = torch.nn.functional.grid_sample(
+        values,
+        torch.from_numpy(grid.astype(np.float32))[None],
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=True,
+    )
+    return sampled[0].permute(1, 2, 0).numpy()
+
+
+def compose_flows(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Chain two forward flows: ``first`` a->b and ``second`` b->c, both (H, W, 2) (dx, dy in pixels), into a->c.
+
+    ``f_ac(p) = f_ab(p) + f_bc(p + f_ab(p))``: the point p of frame a lands at q = p + f_ab(p) in frame b, which then
+    moves by ``second`` at q, sampled bilinearly (pixel (row i, column j) at (x, y) = (j, i); positions outside the
+    frame are clamped to its border). The chain is exact where ``second`` is smooth around q (ToyVOS's per-layer
+    affine motions) up to interpolation; it is wrong where q falls on another layer at frame b (p's surface is hidden
+    at b, or q lies across a motion boundary) or outside the frame. Returns (H, W, 2) float32.
+    """
+    first = np.asarray(first, dtype=np.float32)
+    second = np.asarray(second, dtype=np.float32)
+    if first.ndim != 3 or first.shape[-1] != 2 or first.shape != second.shape:
+        raise ValueError(f"compose_flows: flows must both be (H, W, 2), got {first.shape} and {second.shape}")
+    height, width = first.shape[:2]
+    rows, cols = np.meshgrid(np.arange(height, dtype=np.float32), np.arange(width, dtype=np.float32), indexing="ij")
+    moved = _sample_bilinear(second, cols + first[..., 0], rows + first[..., 1])
+    return (first + moved).astype(np.float32)
+
+
+def chain_flows(steps: Sequence[np.ndarray], *, size: tuple[int, int]) -> np.ndarray:
+    """The flow from frame a to frame a + n given the n one-frame forward flows ``steps[k]`` (a+k -> a+k+1), each
+    (H, W, 2), by repeated :func:`compose_flows` (each step's field is sampled once, at the chained position).
+    No steps (a repeated frame) gives zero flow of ``size`` (H, W). Returns (H, W, 2) float32."""
+    if not steps:
+        return np.zeros((int(size[0]), int(size[1]), 2), dtype=np.float32)
+    total = np.asarray(steps[0], dtype=np.float32)
+    for step in steps[1:]:
+        total = compose_flows(total, step)
+    return total
+
+
 @dataclass
 class _Sample:
-    """One clip under construction: images (T, H, W, 3) uint8, labels (T, H, W) int64 with ids 1..num_objects."""
+    """One clip under construction: images (T, H, W, 3) uint8, labels (T, H, W) int64 with ids 1..num_objects,
+    optional flows (T-1, H, W, 2) float32."""
 
     item: int
     images: np.ndarray
@@ -109,15 +192,19 @@ class _Sample:
     num_objects: int
     name: str
     frame_indices: list[int]
+    flows: np.ndarray | None = None
 
     def as_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "images": normalize_image(self.images),
             "labels": torch.from_numpy(np.ascontiguousarray(self.labels, dtype=np.int64)),
             "num_objects": self.num_objects,
             "name": self.name,
             "frame_indices": torch.tensor(self.frame_indices, dtype=torch.int64),
         }
+        if self.flows is not None:
+            out["flows"] = torch.from_numpy(np.ascontiguousarray(self.flows.transpose(0, 3, 1, 2), dtype=np.float32))
+        return out
 
 
 class BaseClipDataset(Dataset):
@@ -125,7 +212,8 @@ class BaseClipDataset(Dataset):
     selection, merging and the output dict. Subclasses implement :meth:`_sample_raw` and :meth:`_item_name`.
 
     ``__getitem__(i)`` returns ``{"images": (T, 3, H, W) float32 normalised, "labels": (T, H, W) int64,
-    "num_objects": int, "name": str, "frame_indices": (T,) int64}``.
+    "num_objects": int, "name": str, "frame_indices": (T,) int64}``, plus ``"flows"`` (T-1, 2, H, W) float32 when
+    :meth:`_sample_raw` gives flows (``ClipDataset(with_flow=True)``).
     """
 
     def __init__(
@@ -169,8 +257,9 @@ class BaseClipDataset(Dataset):
         self._order: tuple[int, np.ndarray] | None = None
 
     # -- to implement ---------------------------------------------------------------------------------------------
-    def _sample_raw(self, item: int, rng: np.random.Generator) -> tuple[list, list, list[int]] | None:
-        """Transformed (frames, labels, frame_indices) of ``item``, or None if it cannot give a clip."""
+    def _sample_raw(self, item: int, rng: np.random.Generator) -> tuple | None:
+        """Transformed (frames, labels, frame_indices) of ``item``, or None if it cannot give a clip; a fourth
+        element, T-1 transformed (H, W, 2) flows (clip frame t -> t+1, dx then dy), adds ``"flows"`` to the sample."""
         raise NotImplementedError
 
     def _item_name(self, item: int) -> str:
@@ -206,7 +295,8 @@ class BaseClipDataset(Dataset):
             raw = self._sample_raw(item, rng)
             if raw is None:
                 continue
-            frames, labels, frame_indices = raw
+            frames, labels, frame_indices = raw[:3]
+            flows = raw[3] if len(raw) > 3 else None
             labels = np.stack(labels)
             keep = choose_objects(labels[0], min_area=min_area, max_objects=self.max_objects, rng=rng)
             if keep:
@@ -217,6 +307,7 @@ class BaseClipDataset(Dataset):
                     num_objects=len(keep),
                     name=self._item_name(item),
                     frame_indices=list(frame_indices),
+                    flows=None if flows is None else _stack_flow_list(flows, labels.shape),
                 )
         return None
 
@@ -247,10 +338,24 @@ class BaseClipDataset(Dataset):
                     rng=rng,
                 )
                 if count > 0:
+                    flows = None
+                    if sample.flows is not None and second.flows is not None:
+                        flows = merge_flows(sample.flows, second.flows, second.labels)
                     sample = _Sample(
-                        sample.item, images, labels, count, f"{sample.name}+{second.name}", sample.frame_indices
+                        sample.item, images, labels, count, f"{sample.name}+{second.name}", sample.frame_indices, flows
                     )
         return sample.as_dict()
+
+
+def _stack_flow_list(flows: Sequence[np.ndarray], label_shape: tuple[int, ...]) -> np.ndarray:
+    """T-1 (H, W, 2) flows of a (T, H, W) clip as one (T-1, H, W, 2) float32 array."""
+    t, h, w = label_shape
+    if len(flows) == 0:
+        return np.zeros((0, h, w, 2), dtype=np.float32)
+    stacked = np.stack(flows).astype(np.float32, copy=False)
+    if stacked.shape != (t - 1, h, w, 2):
+        raise ValueError(f"clip flows must be (T-1, H, W, 2) = {(t - 1, h, w, 2)}, got {stacked.shape}")
+    return stacked
 
 
 class ClipDataset(BaseClipDataset):
@@ -271,6 +376,8 @@ class ClipDataset(BaseClipDataset):
         seed: base seed; see the module docstring for the determinism contract.
         max_tries: clips drawn (first from the chosen video, then from random videos) before giving up when no object
             is visible in the first frame; then a :class:`VOSDataError` is raised.
+        with_flow: also give each sample its ground-truth ``flows`` (T-1, 2, H, W) float32 (see the module
+            docstring); needs a collection whose videos have ``flow(t)`` (ToyVOS), else a :class:`VOSDataError`.
 
     Frames and labels are read through ``collection.video(name).frame(i)`` / ``.labels(i)`` for the sampled indices
     only. Objects that are not visible in the first (transformed) frame become background in every frame; void
@@ -290,11 +397,19 @@ class ClipDataset(BaseClipDataset):
         samples_per_epoch: int | None = None,
         seed: int = 0,
         max_tries: int = 20,
+        with_flow: bool = False,
     ) -> None:
         self.collection = collection
         self._names = list(collection.sequences)
         if not self._names:
             raise VOSDataError(f"ClipDataset: the collection {type(collection).__name__} has no videos")
+        self.with_flow = bool(with_flow)
+        if self.with_flow and not callable(getattr(collection.video(self._names[0]), "flow", None)):
+            raise VOSDataError(
+                f"ClipDataset: with_flow=True needs ground-truth optical flow, but the collection {collection!r} "
+                f"({type(collection).__name__}) has none: its videos have no flow(t). Only ToyVOS stores flow; use "
+                "with_flow=False (and a model flow source such as flow=raft_small) for this dataset"
+            )
         super().__init__(
             num_items=len(self._names),
             num_frames=num_frames,
@@ -315,7 +430,7 @@ class ClipDataset(BaseClipDataset):
         return (
             f"ClipDataset(videos={len(self._names)}, num_frames={self.num_frames}, max_gap={self.max_gap}, "
             f"gap_unit={self.gap_unit!r}, max_objects={self.max_objects}, merge_prob={self.merge_prob}, "
-            f"len={len(self)}, seed={self.seed}, epoch={self.epoch})"
+            f"len={len(self)}, seed={self.seed}, epoch={self.epoch}, with_flow={self.with_flow})"
         )
 
     @property
@@ -337,7 +452,7 @@ class ClipDataset(BaseClipDataset):
     def _item_name(self, item: int) -> str:
         return self._names[item]
 
-    def _sample_raw(self, item: int, rng: np.random.Generator) -> tuple[list, list, list[int]] | None:
+    def _sample_raw(self, item: int, rng: np.random.Generator) -> tuple | None:
         video = self.collection.video(self._names[item])
         annotated = list(video.annotated_indices)
         if not annotated:
@@ -353,8 +468,20 @@ class ClipDataset(BaseClipDataset):
         for index in indices:
             if index not in cache:
                 cache[index] = (video.frame(index), video.labels(index))
+        frames = [cache[i][0] for i in indices]
+        labels = [cache[i][1] for i in indices]
         try:
-            frames, labels = self.transform([cache[i][0] for i in indices], [cache[i][1] for i in indices], rng)
-        except ValueError as error:  # frames and label maps of different sizes, bad dtypes
+            if not self.with_flow:
+                frames, labels = self.transform(frames, labels, rng)
+                return frames, labels, indices
+            size = frames[0].shape[:2]
+            flows = [
+                chain_flows([video.flow(k) for k in range(a, b)], size=size)
+                for a, b in zip(indices[:-1], indices[1:], strict=True)
+            ]
+            frames, labels, flows = self.transform.with_flows(frames, labels, flows, rng)
+        except ValueError as error:  # frames, label maps and flows of different sizes, bad dtypes
+            if isinstance(error, VOSDataError):
+                raise
             raise VOSDataError(f"video {video.name!r}, frames {indices}: {error}") from error
-        return frames, labels, indices
+        return frames, labels, indices, flows

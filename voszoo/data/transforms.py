@@ -19,6 +19,15 @@ Choices where the papers are silent (all exposed as arguments):
   ``frame_jitter`` (default 0) adds an independent per-frame perturbation of up to that fraction of each range, to
   imitate small lighting changes between frames.
 
+Ground-truth optical flow (:meth:`ClipTransform.with_flows`) gets the clip's geometry, as RAFT's and FlowNet's
+augmentors treat flow: a crop slices the field (displacements are unchanged by a shift of the origin); a resize
+resamples it and multiplies dx by ``W / crop_width`` and dy by ``H / crop_height`` (with half-pixel-centred pixels,
+x' = (x + 0.5) * W / w - 0.5, so displacements scale by exactly that ratio); a horizontal flip mirrors it and negates
+dx. Colour jitter does not touch it. The flow is resampled bilinearly with antialiasing like the image by default
+(exact inside a region of affine motion, blended across motion boundaries exactly where the image blends), or with
+``flow_interpolation="nearest"`` on the label maps' grid (each output pixel takes the flow of the input pixel under
+its centre, never mixing two objects' motions).
+
 All randomness comes from the ``np.random.Generator`` passed to :meth:`ClipTransform.__call__`; nothing touches the
 global numpy/torch/python RNGs, so a clip is a pure function of its inputs and the generator state.
 """
@@ -39,6 +48,7 @@ __all__ = [
     "normalize_image",
     "visible_objects",
     "resize_labels",
+    "transform_flows",
     "ClipTransform",
 ]
 
@@ -100,6 +110,54 @@ def resize_labels(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return labels[..., rows[:, None], cols[None, :]]
 
 
+def transform_flows(
+    flows: np.ndarray,
+    *,
+    crop: tuple[int, int, int, int],
+    size: tuple[int, int],
+    flip: bool,
+    interpolation: str = "bilinear",
+) -> np.ndarray:
+    """Apply a crop, a resize and an optional horizontal flip to flow fields (see the module docstring).
+
+    ``flows``: (N, h, w, 2) float, channel 0 = dx (along columns), channel 1 = dy (along rows), in input pixels.
+    ``crop``: (top, left, crop_height, crop_width) inside (h, w); ``size``: output (H, W); ``interpolation``:
+    ``"bilinear"`` (antialiased, like the images) or ``"nearest"`` (nearest-exact, like the label maps).
+    Returns (N, H, W, 2) float32 in output pixels: dx scaled by ``W / crop_width`` and dy by ``H / crop_height``,
+    dx negated when ``flip``.
+    """
+    flows = np.asarray(flows)
+    if flows.ndim != 4 or flows.shape[-1] != 2 or not np.issubdtype(flows.dtype, np.floating):
+        raise ValueError(f"transform_flows: flows must be (N, h, w, 2) float, got {flows.shape} {flows.dtype}")
+    if interpolation not in _FLOW_INTERPOLATIONS:
+        raise ValueError(f"transform_flows: interpolation must be one of {_FLOW_INTERPOLATIONS}, got {interpolation!r}")
+    top, left, crop_h, crop_w = (int(v) for v in crop)
+    height, width = flows.shape[1:3]
+    if crop_h < 1 or crop_w < 1 or top < 0 or left < 0 or top + crop_h > height or left + crop_w > width:
+        raise ValueError(f"transform_flows: crop {crop} does not fit in a {height}x{width} flow field")
+    out_h, out_w = int(size[0]), int(size[1])
+    window = np.asarray(flows[:, top : top + crop_h, left : left + crop_w], dtype=np.float32)
+    if interpolation == "nearest" or len(window) == 0:
+        out = resize_labels(window.transpose(0, 3, 1, 2), (out_h, out_w)).transpose(0, 2, 3, 1)
+    else:
+        tensor = torch.from_numpy(np.ascontiguousarray(window.transpose(0, 3, 1, 2)))
+        if (crop_h, crop_w) != (out_h, out_w):
+            tensor = torch.nn.functional.interpolate(
+                tensor, size=(out_h, out_w), mode="bilinear", align_corners=False, antialias=True
+            )
+        out = tensor.permute(0, 2, 3, 1).numpy()
+    out = np.array(out, dtype=np.float32)  # a fresh, writable copy
+    out[..., 0] *= out_w / crop_w
+    out[..., 1] *= out_h / crop_h
+    if flip:
+        out = out[:, :, ::-1].copy()
+        out[..., 0] *= -1.0
+    return np.ascontiguousarray(out)
+
+
+_FLOW_INTERPOLATIONS: tuple[str, ...] = ("bilinear", "nearest")
+
+
 def _check_range(name: str, value: Sequence[float], *, low: float, high: float) -> tuple[float, float]:
     if len(value) != 2:
         raise ValueError(f"ClipTransform: {name} must be a (min, max) pair, got {value!r}")
@@ -125,10 +183,12 @@ class ClipTransform:
             factors; 0 gives identical colour treatment on every frame.
         min_object_area: pixels (at the output size) an object needs in the first frame to count as visible.
         max_crop_tries: crops drawn before falling back to the whole frame.
+        flow_interpolation: ``"bilinear"`` or ``"nearest"``: how :meth:`with_flows` resamples flow fields.
 
     ``__call__(frames, labels, rng)``: ``frames`` is a list of T ``(h, w, 3)`` uint8 arrays, ``labels`` a list of T
     ``(h, w)`` integer label maps (0 background, 1..254 objects, 255 void) of the same size. Returns
     ``(frames, labels)``: T ``(H, W, 3)`` uint8 arrays and T ``(H, W)`` uint8 arrays.
+    :meth:`with_flows` also transforms the clip's flow fields with the same geometry.
     """
 
     def __init__(
@@ -142,6 +202,7 @@ class ClipTransform:
         frame_jitter: float = 0.0,
         min_object_area: int = 20,
         max_crop_tries: int = 10,
+        flow_interpolation: str = "bilinear",
     ) -> None:
         if len(size) != 2 or min(int(size[0]), int(size[1])) < 1:
             raise ValueError(f"ClipTransform: size must be a positive (H, W) pair, got {size!r}")
@@ -167,12 +228,18 @@ class ClipTransform:
         if max_crop_tries < 1:
             raise ValueError(f"ClipTransform: max_crop_tries must be >= 1, got {max_crop_tries}")
         self.max_crop_tries = int(max_crop_tries)
+        if flow_interpolation not in _FLOW_INTERPOLATIONS:
+            raise ValueError(
+                f"ClipTransform: flow_interpolation must be one of {_FLOW_INTERPOLATIONS}, got {flow_interpolation!r}"
+            )
+        self.flow_interpolation = flow_interpolation
 
     def __repr__(self) -> str:
         return (
             f"ClipTransform(size={self.size}, scale={self.scale}, ratio={self.ratio}, hflip_prob={self.hflip_prob}, "
             f"color_jitter={self.color_jitter}, frame_jitter={self.frame_jitter}, "
-            f"min_object_area={self.min_object_area}, max_crop_tries={self.max_crop_tries})"
+            f"min_object_area={self.min_object_area}, max_crop_tries={self.max_crop_tries}, "
+            f"flow_interpolation={self.flow_interpolation!r})"
         )
 
     # -- geometry -------------------------------------------------------------------------------------------------
@@ -247,7 +314,34 @@ class ClipTransform:
     def __call__(
         self, frames: Sequence[np.ndarray], labels: Sequence[np.ndarray], rng: np.random.Generator
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        out_frames, out_labels, _ = self._apply(frames, labels, None, rng)
+        return out_frames, out_labels
+
+    def with_flows(
+        self,
+        frames: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        flows: Sequence[np.ndarray],
+        rng: np.random.Generator,
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """Like ``__call__``, plus T-1 flow fields ``flows[t]`` (h, w, 2) float (frame t -> t+1, dx then dy, input
+        pixels) given the same crop, resize and flip (:func:`transform_flows`). Returns (frames, labels, flows) with
+        flows T-1 (H, W, 2) float32 arrays in output pixels. Draws from ``rng`` exactly what ``__call__`` draws, so
+        frames and labels are the ones ``__call__`` gives for the same generator state.
+        """
+        out_frames, out_labels, out_flows = self._apply(frames, labels, flows, rng)
+        assert out_flows is not None
+        return out_frames, out_labels, out_flows
+
+    def _apply(
+        self,
+        frames: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        flows: Sequence[np.ndarray] | None,
+        rng: np.random.Generator,
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray] | None]:
         images, label_stack = _stack_clip(frames, labels)
+        flow_stack = None if flows is None else _stack_flows(flows, num_frames=len(images), size=images.shape[1:3])
         top, left, crop_h, crop_w = self.choose_crop(label_stack[0], rng)
         flip = bool(rng.random() < self.hflip_prob)
 
@@ -263,7 +357,40 @@ class ClipTransform:
 
         out_images = tensor.permute(0, 2, 3, 1).contiguous().numpy()
         out_labels = np.ascontiguousarray(out_labels)
-        return [out_images[t] for t in range(len(out_images))], [out_labels[t] for t in range(len(out_labels))]
+        out_flows = None
+        if flow_stack is not None:
+            moved = transform_flows(
+                flow_stack,
+                crop=(top, left, crop_h, crop_w),
+                size=self.size,
+                flip=flip,
+                interpolation=self.flow_interpolation,
+            )
+            out_flows = [moved[t] for t in range(len(moved))]
+        return (
+            [out_images[t] for t in range(len(out_images))],
+            [out_labels[t] for t in range(len(out_labels))],
+            out_flows,
+        )
+
+
+def _stack_flows(flows: Sequence[np.ndarray], *, num_frames: int, size: tuple[int, int]) -> np.ndarray:
+    """Validate and stack T-1 flow fields of a T-frame clip of ``size`` (h, w): returns (T-1, h, w, 2) float32."""
+    if len(flows) != num_frames - 1:
+        raise ValueError(
+            f"ClipTransform: a {num_frames}-frame clip needs {num_frames - 1} flow fields, got {len(flows)}"
+        )
+    height, width = int(size[0]), int(size[1])
+    for t, flow in enumerate(flows):
+        flow = np.asarray(flow)
+        if flow.shape != (height, width, 2) or not np.issubdtype(flow.dtype, np.floating):
+            raise ValueError(
+                f"ClipTransform: flow {t} must be ({height}, {width}, 2) float like the frames, got {flow.shape} "
+                f"{flow.dtype}"
+            )
+    if not flows:
+        return np.zeros((0, height, width, 2), dtype=np.float32)
+    return np.stack(flows).astype(np.float32, copy=False)
 
 
 def _stack_clip(frames: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
