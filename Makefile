@@ -8,7 +8,7 @@ INSTALL_INPUTS := pyproject.toml constraints.txt
 # pytest workers and thread counts for the 2-core CI machine
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint format install clean-venv
+.PHONY: demo leaderboard test lint format install clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ install: $(VENV)/.stamp-run
 ## make demo: generate ToyVOS, run the main job on it and print its result table.
 demo: $(VENV)/.stamp-run
 	$(VENV)/bin/voszoo-bench
+
+## make leaderboard: every method trained with its quick experiment on ToyVOS, profiled at 480p (hours on a CPU).
+leaderboard: $(VENV)/.stamp-run
+	$(VENV)/bin/voszoo-bench --config-name leaderboard
 
 ## make test: install voszoo[test] and run the whole test suite.
 test: $(VENV)/.stamp-test

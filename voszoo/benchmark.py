@@ -1,9 +1,15 @@
-"""voszoo-bench: the leaderboard on one dataset (Hydra app, conf/bench.yaml).
+"""voszoo-bench: the leaderboard on one dataset (Hydra app, conf/bench.yaml; docs/leaderboard.md).
 
 Each entry is either a baseline (``copy_first_frame``) scored directly, or a model preset trained by voszoo-train in
-a child process (``train: [model=..., trainer=...]``) and scored on the evaluation split. Results go to
-``leaderboard.md``, ``leaderboard.csv`` and ``leaderboard.json`` in the output dir and are printed as a table.
-A failing entry is reported as a failed row; the other entries still run.
+a child process (``train: [experiment=..., ...]``) and scored on the evaluation split. Every model entry is then
+profiled in a fresh process (``python -m voszoo.profiling``, see :mod:`voszoo.profiling`): parameters, MACs of one
+inference step, FPS and peak memory at ``profile.size`` (480p by default). With ``published: true`` the papers'
+results for the board's dataset and split (``benchmarks/published.yaml``) are added as rows whose ``source`` says
+``published (paper, table)``; measured rows say ``measured (here)``. ToyVOS has no published rows.
+
+Results go to ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json`` and (when matplotlib is installed)
+``leaderboard.png`` (J&F against FPS) in the output dir, and the table is printed. A failing entry is reported as a
+failed row; the other entries still run, and the app exits with status 1 at the end.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import csv
 import io
 import json
 import logging
+import re
 import subprocess
 import sys
 import time
@@ -23,12 +30,50 @@ from omegaconf import DictConfig, OmegaConf
 
 from voszoo.cli_common import hydra_entry, prepare_data
 
-__all__ = ["main", "run_benchmark", "format_markdown"]
+__all__ = ["COLUMNS", "failed_rows", "format_markdown", "main", "published_rows", "run_benchmark", "write_plot"]
 
 logger = logging.getLogger("voszoo.bench")
 
 BASELINES = ("copy_first_frame",)
-COLUMNS = ("entry", "status", "J&F", "J", "F", "FPS", "train steps", "minutes")
+MEASURED = "measured (here)"
+PUBLISHED_STATUS = "published"
+# row keys, in table order; scores are fractions in [0, 1] in the rows, csv and json (the markdown shows percentages)
+COLUMNS = (
+    "entry",
+    "status",
+    "source",
+    "J&F",
+    "J",
+    "F",
+    "params",
+    "macs_per_frame",
+    "fps",
+    "peak_mem_mb",
+    "device",
+    "train data",
+    "eval fps",
+    "train steps",
+    "minutes",
+)
+_HEADERS = {
+    "J&F": "J&F %",
+    "J": "J %",
+    "F": "F %",
+    "params": "params (M)",
+    "macs_per_frame": "GMACs/frame",
+    "fps": "FPS",
+    "peak_mem_mb": "peak mem (MB)",
+    "eval fps": "eval FPS",
+}
+# voszoo data config name -> dataset name in benchmarks/published.yaml (None: no published results exist)
+PUBLISHED_DATASETS = {
+    "toyvos": None,
+    "davis2016": "DAVIS 2016",
+    "davis2017": "DAVIS 2017",
+    "youtube_vos2018": "YouTube-VOS 2018",
+    "youtube_vos2019": "YouTube-VOS 2019",
+}
+_SPLITS = {"valid": "val"}  # YouTube-VOS's folder name -> the papers' split name
 
 
 def _run_baseline(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -42,78 +87,232 @@ def _run_baseline(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str
     return evaluate_predictor(CopyFirstFrame(), collection, out_dir, workers=int(cfg.workers))
 
 
-def _run_training(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    overrides = [str(o) for o in entry.train]
-    data_overrides = [f"data={cfg.data.name}", f"data.root={cfg.data.root}", f"seed={cfg.seed}"]
-    command = [sys.executable, "-m", "voszoo.train", *data_overrides, *overrides, f"hydra.run.dir={out_dir}"]
-    logger.info("entry %s: %s", entry.name, " ".join(command))
-    log_path = out_dir / "train.log"
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _run_logged(command: list[str], log_path: Path, what: str) -> None:
+    logger.info("%s: %s", what, " ".join(command))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("w") as log:
         completed = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
     if completed.returncode != 0:
         tail = log_path.read_text().strip().splitlines()[-5:]
-        raise RuntimeError(f"voszoo-train exited with {completed.returncode} (log: {log_path}): " + " | ".join(tail))
+        raise RuntimeError(f"{what} exited with {completed.returncode} (log: {log_path}): " + " | ".join(tail))
+
+
+def _run_training(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    overrides = [str(o) for o in entry.train]
+    data_overrides = [f"data={cfg.data.name}", f"data.root={cfg.data.root}", f"seed={cfg.seed}"]
+    command = [sys.executable, "-m", "voszoo.train", *data_overrides, *overrides, f"hydra.run.dir={out_dir}"]
+    _run_logged(command, out_dir / "train.log", "voszoo-train")
     return json.loads((out_dir / "metrics.json").read_text())
 
 
+def _run_profile(profile: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Profile the model of the training run in ``out_dir`` (its ``.hydra/config.yaml``) in a fresh process, so that
+    the peak memory is that of one short inference session and nothing else."""
+    config = out_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        raise RuntimeError(f"profiling: the training run wrote no config at {config}")
+    result_path = out_dir / "profile.json"
+    command = [sys.executable, "-m", "voszoo.profiling", "--config", str(config), "--memory-policy"]
+    command += ["--size", *(str(int(s)) for s in profile.size), "--frames", str(int(profile.frames))]
+    command += ["--objects", str(int(profile.num_objects)), "--device", str(profile.device), "--json", str(result_path)]
+    _run_logged(command, out_dir / "profile.log", "profiling")
+    return json.loads(result_path.read_text())
+
+
+def _short_paper(paper: str) -> str:
+    return re.sub(r",\s*[\w.-]+\.txt$", "", paper).strip()  # drop the seed-file name the yaml cites
+
+
+def _training_data(row: dict[str, Any]) -> str:
+    flags = {True: "yes", False: "no", None: "not stated"}
+    return f"static images: {flags[row['static_pretraining']]}, YouTube-VOS: {flags[row['youtube_vos']]}"
+
+
+def published_rows(data_name: str, split: str, *, path: str | Path) -> list[dict[str, Any]]:
+    """Leaderboard rows of the published results in ``path`` (benchmarks/published.yaml) for voszoo dataset
+    ``data_name`` (a ``conf/data`` name, e.g. ``davis2017``) and evaluation ``split``; [] for ToyVOS or a dataset no
+    paper reports. Scores become fractions like the measured rows; ``source`` names the paper and table; ``fps`` is
+    the paper's (``device``: its GPU); rows sorted by J&F, best first."""
+    from voszoo.published import load_published
+
+    if data_name not in PUBLISHED_DATASETS:
+        raise ValueError(f"unknown dataset {data_name!r} for published results; known: {', '.join(PUBLISHED_DATASETS)}")
+    dataset = PUBLISHED_DATASETS[data_name]
+    if dataset is None:
+        return []
+    split = _SPLITS.get(split, split)
+    rows = []
+    for result in load_published(path):
+        if result["dataset"] != dataset or result["split"] != split:
+            continue
+        variant, method = result["variant"], result["method"]
+        rows.append(
+            {
+                "entry": variant if method.lower() in variant.lower() else f"{method} {variant}",
+                "status": PUBLISHED_STATUS,
+                "source": f"published ({_short_paper(result['paper'])}, {result['table']})",
+                **{k: None if result[k] is None else result[k] / 100.0 for k in ("J&F", "J", "F")},
+                "fps": result["fps"],
+                "device": result["gpu"] or "GPU not named",
+                "train data": _training_data(result),
+            }
+        )
+    return sorted(rows, key=lambda row: -row["J&F"])
+
+
+def _published_file(cfg: DictConfig) -> Path | None:
+    from voszoo._paths import conf_dir
+
+    if cfg.get("published_file"):
+        return Path(cfg.published_file)
+    default = conf_dir().parent / "benchmarks" / "published.yaml"
+    return default if default.is_file() else None
+
+
+def _published_for(cfg: DictConfig) -> list[dict[str, Any]]:
+    if not cfg.get("published", True):
+        return []
+    name = str(cfg.data.name)
+    if PUBLISHED_DATASETS.get(name, "") is None:
+        logger.info("no published results exist for %s: the board shows measured rows only", name)
+        return []
+    path = _published_file(cfg)
+    if path is None:
+        logger.warning("published: true, but benchmarks/published.yaml is not here (set published_file=...)")
+        return []
+    return published_rows(name, str(cfg.data.eval.get("split", "val")), path=path)
+
+
 def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any]]:
+    """Run every entry of ``cfg.entries`` and write the board into ``output_dir``; returns the rows (measured
+    first, then the published ones)."""
     from tqdm.auto import tqdm
 
     output_dir = Path(output_dir)
     prepare_data(cfg.data)
+    published = _published_for(cfg)  # read before hours of training: a broken file fails now
+    profile = cfg.get("profile")
     rows: list[dict[str, Any]] = []
-    started = time.perf_counter()
-    bar = tqdm(list(cfg.entries), desc="leaderboard", unit="entry", disable=None)
-    for index, entry in enumerate(bar):
+    entries = list(cfg.entries)
+    bar = tqdm(entries, desc="leaderboard", unit="entry", disable=None)  # tqdm's ETA: mean time per entry so far
+    for entry in bar:
         bar.set_postfix(entry=entry.name)
         entry_dir = output_dir / str(entry.name)
         begin = time.perf_counter()
-        row: dict[str, Any] = {"entry": str(entry.name)}
+        row: dict[str, Any] = {"entry": str(entry.name), "source": MEASURED}
         try:
             if entry.get("baseline"):
                 result = _run_baseline(entry, cfg, entry_dir)
             elif entry.get("train"):
                 result = _run_training(entry, cfg, entry_dir)
+                row["train data"] = f"{cfg.data.name} train"
             else:
                 raise ValueError(f"entry {entry.name!r} needs either 'baseline' or 'train'")
-            row.update(status="ok", **{k: result.get(k) for k in ("J&F", "J", "F")})
-            row["FPS"] = result.get("fps")
+            row.update({k: result.get(k) for k in ("J&F", "J", "F")})
+            row["eval fps"] = result.get("fps")
             row["train steps"] = result.get("steps")
+            if entry.get("train") and profile is not None and profile.get("enabled", True):
+                costs = _run_profile(profile, entry_dir)
+                row.update({k: costs.get(k) for k in ("params", "macs_per_frame", "fps", "peak_mem_mb", "device")})
+            row["status"] = "ok"
         except Exception as error:  # noqa: BLE001 - a failed entry is a row, not the end of the board
             logger.error("entry %s failed: %s\n%s", entry.name, error, traceback.format_exc())
-            row.update(status=f"failed: {error}")
+            row["status"] = f"failed: {error}"
         row["minutes"] = (time.perf_counter() - begin) / 60
-        rows.append(row)
-        done = index + 1
-        eta = (time.perf_counter() - started) / done * (len(cfg.entries) - done)
-        bar.set_postfix(entry=entry.name, eta_min=f"{eta / 60:.1f}")
+        rows.append({column: row.get(column) for column in COLUMNS})
+    bar.close()
+    rows += [{column: row.get(column) for column in COLUMNS} for row in published]
     _write_outputs(rows, output_dir, cfg)
-    print(f"\nvoszoo leaderboard on {cfg.data.name} ({cfg.data.eval.get('split', 'eval')} split), measured here:\n")
+    if cfg.get("plot", True):
+        write_plot(rows, output_dir / "leaderboard.png", title=f"voszoo leaderboard: {cfg.data.name}")
+    print(f"\n{_title(cfg)}:\n")
     print(format_markdown(rows))
     print(f"\nwritten to {output_dir}/leaderboard.{{md,csv,json}}")
     return rows
 
 
-def _cell(value: Any) -> str:
+def _title(cfg: DictConfig) -> str:
+    split = cfg.data.eval.get("split", "eval")
+    profile = cfg.get("profile")
+    size = "x".join(str(s) for s in profile.size[::-1]) if profile is not None else "?"
+    return (
+        f"voszoo leaderboard on {cfg.data.name} ({split} split); measured rows trained and scored here, "
+        f"costs (params, MACs, FPS, peak memory) at {size}"
+    )
+
+
+def _cell(column: str, value: Any) -> str:
     if value is None:
         return "-"
+    if column in ("J&F", "J", "F"):
+        return f"{100.0 * value:.1f}"
+    if column == "params":
+        return f"{value / 1e6:.2f}"
+    if column == "macs_per_frame":
+        return f"{value / 1e9:.1f}"
+    if column in ("fps", "eval fps"):
+        return f"{value:.3g}" if value < 1000 else f"{value:.0f}"
     if isinstance(value, float):
-        return f"{value:.3f}" if value <= 1.0 else f"{value:.1f}"
-    return str(value)
+        return f"{value:.1f}"
+    return str(value).replace("|", "/")
 
 
 def format_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    """The rows as a markdown table (scores as percentages, params in millions, MACs in G)."""
+    headers = [_HEADERS.get(column, column) for column in COLUMNS]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(COLUMNS)]
     for row in rows:
-        lines.append("| " + " | ".join(_cell(row.get(column)) for column in COLUMNS) + " |")
+        lines.append("| " + " | ".join(_cell(column, row.get(column)) for column in COLUMNS) + " |")
     return "\n".join(lines)
+
+
+def write_plot(rows: list[dict[str, Any]], path: str | Path, *, title: str = "voszoo leaderboard") -> Path | None:
+    """J&F against FPS of the rows that have both, as a PNG (measured: circles, published: triangles).
+
+    Returns the path, or None when matplotlib is not installed (one log line) or no row has both numbers.
+    """
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        logger.info("matplotlib is not installed: no J&F-FPS plot (pip install matplotlib to get one)")
+        return None
+    points = [row for row in rows if row.get("J&F") is not None and row.get("fps")]
+    if not points:
+        logger.info("no row has both J&F and FPS: no plot")
+        return None
+    figure = Figure(figsize=(8, 5), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for kind, marker in ((MEASURED, "o"), (None, "^")):
+        group = [row for row in points if (row.get("source") == MEASURED) == (kind == MEASURED)]
+        if not group:
+            continue
+        label = "measured here" if kind == MEASURED else "published (paper's GPU)"
+        axes.scatter([r["fps"] for r in group], [100 * r["J&F"] for r in group], marker=marker, label=label)
+        for r in group:
+            axes.annotate(
+                str(r["entry"]), (r["fps"], 100 * r["J&F"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+            )
+    axes.set_xscale("log")
+    axes.set_xlabel("FPS (log scale)")
+    axes.set_ylabel("J&F (%)")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.3)
+    axes.legend()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path)
+    return path
 
 
 def _write_outputs(rows: list[dict[str, Any]], output_dir: Path, cfg: DictConfig) -> None:
     from voszoo.data.io import atomic_write_bytes
 
-    header = f"# voszoo leaderboard: {cfg.data.name}\n\nAll numbers measured by `voszoo-bench` on this machine.\n\n"
+    header = (
+        f"# voszoo leaderboard: {cfg.data.name}\n\n{_title(cfg)}. `source` tells measured rows from the papers' "
+        "numbers; a published FPS is the paper's, on its GPU (see docs/leaderboard.md).\n\n"
+    )
     atomic_write_bytes(output_dir / "leaderboard.md", (header + format_markdown(rows) + "\n").encode())
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore")
@@ -121,14 +320,21 @@ def _write_outputs(rows: list[dict[str, Any]], output_dir: Path, cfg: DictConfig
     writer.writerows(rows)
     atomic_write_bytes(output_dir / "leaderboard.csv", buffer.getvalue().encode())
     payload = {"data": OmegaConf.to_container(cfg.data, resolve=True), "rows": rows}
+    if cfg.get("profile") is not None:
+        payload["profile"] = OmegaConf.to_container(cfg.profile, resolve=True)
     atomic_write_bytes(output_dir / "leaderboard.json", (json.dumps(payload, indent=2, default=str) + "\n").encode())
+
+
+def failed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The measured rows that did not finish (published rows never count)."""
+    return [row for row in rows if row.get("source") == MEASURED and row.get("status") != "ok"]
 
 
 def _task(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     rows = run_benchmark(cfg, HydraConfig.get().runtime.output_dir)
-    if any(row["status"] != "ok" for row in rows):
+    if failed_rows(rows):
         raise SystemExit(1)
 
 

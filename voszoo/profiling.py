@@ -1,0 +1,294 @@
+"""Cost of one model: parameters, multiply-accumulates per frame, inference speed and peak memory.
+
+:func:`profile_model` measures a built :class:`~voszoo.models.base.VOSModel` on synthetic frames (the numbers do not
+depend on the weights, so a randomly initialised model costs the same as a trained one):
+
+- ``params``: the parameters of the model, the training criterion's excluded (it does not run at inference).
+- ``macs_per_frame``: multiply-accumulates of one inference step: ``encode`` + ``segment`` + ``memorize`` of one frame
+  read against a one-frame memory (the reference frame, memorised before counting), at the size the model really
+  runs, i.e. ``size`` zero-padded up to a multiple of ``model.stride`` as the inference session does (480x854 ->
+  480x864 at stride 16 or 32). Counted by :class:`torch.utils.flop_counter.FlopCounterMode`, MACs = FLOPs / 2:
+  convolutions (transposed too), linear layers and every matrix product (``mm``, ``bmm``, ``einsum``, ``@``) and
+  scaled-dot-product attention (the CPU kernel is registered here, torch counts only the GPU kernels). Not counted:
+  element-wise ops, softmax, normalisation, pooling, interpolation, ``grid_sample`` and indexing, and the
+  session's pre/post-processing (resize, pad, un-pad, argmax). A longer memory costs more in the memory read.
+- ``fps``: frames per second of a short :class:`~voszoo.inference.session.InferenceSession` (``frames`` frames of
+  ``size``, the first one the reference with ``num_objects`` masks): the frames after the reference, over the wall
+  time they took, pre/post-processing included. A short session includes one-off warm-up costs, so this is a
+  conservative number.
+- ``peak_mem_mb``: the peak memory growth of that session over what was in use just before it (the weights and the
+  process's own footprint are not included): on CUDA ``torch.cuda.max_memory_allocated`` minus the allocated memory
+  before; on CPU the peak resident set size (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) minus the
+  resident size before; ``None`` where neither can be measured. On CPU run it in a fresh process (``python -m
+  voszoo.profiling``, as voszoo-bench does): memory the allocator kept from earlier work hides growth.
+- ``device``: where it ran, e.g. ``"cpu (2 threads)"`` or ``"cuda (NVIDIA A100)"``.
+
+    python -m voszoo.profiling stm_r18                                   # a preset
+    python -m voszoo.profiling --config outputs/train/stm/.../.hydra/config.yaml --json profile.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["count_macs", "count_params", "main", "profile_model"]
+
+logger = logging.getLogger("voszoo.profiling")
+
+_MIB = 1024.0 * 1024.0
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters of ``model`` without those of its ``criterion`` submodule (training only)."""
+    criterion = getattr(model, "criterion", None)
+    skip = {id(p) for p in criterion.parameters()} if isinstance(criterion, nn.Module) else set()
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args: Any, out_shape=None, **kwargs: Any) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _flop_counter() -> Any:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    custom = {}
+    cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if cpu_sdpa is not None:
+        custom[cpu_sdpa] = _sdpa_cpu_flops
+    return FlopCounterMode(display=False, custom_mapping=custom)
+
+
+def _synthetic_labels(height: int, width: int, num_objects: int) -> np.ndarray:
+    """(H, W) uint8: ``num_objects`` vertical bands (ids 1..N) in the middle half of the rows, background around."""
+    labels = np.zeros((height, width), dtype=np.uint8)
+    bands = np.array_split(np.arange(width // 8, width - width // 8), num_objects)
+    for obj, columns in enumerate(bands, start=1):
+        labels[height // 4 : height - height // 4, columns] = obj
+    return labels
+
+
+def count_macs(
+    model: nn.Module, *, size: tuple[int, int] = (480, 854), num_objects: int = 2, device: Any = "cpu"
+) -> int:
+    """Multiply-accumulates of one inference step of ``model`` on a frame of ``size`` (H, W), padded to the model
+    stride: ``encode`` + ``segment`` + ``memorize`` against a one-frame memory (see the module docstring)."""
+    from voszoo.inference.memory import KeepAll
+    from voszoo.inference.preprocess import FrameGeometry
+    from voszoo.models.base import labels_to_probs
+
+    height, width = FrameGeometry.create(tuple(size), stride=model.stride).padded
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.randn(2, 1, 3, height, width, generator=generator).to(device)
+    labels = torch.from_numpy(_synthetic_labels(height, width, num_objects)).long()[None].to(device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            memory = model.new_memory(KeepAll(), num_objects=num_objects)
+            model.memorize(memory, model.encode(frames[0]), labels_to_probs(labels, num_objects), 0)
+            counter = _flop_counter()
+            with counter:
+                feats = model.encode(frames[1])
+                logits = model.segment(memory, feats)
+                model.memorize(memory, feats, torch.softmax(logits.float(), dim=1), 1)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops()) // 2
+
+
+def _proc_status_kib(field: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    match = re.search(rf"^{field}:\s+(\d+)\s+kB", text, flags=re.MULTILINE)
+    return int(match.group(1)) if match else None
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # Linux >= 4.0: reset VmHWM to the current RSS
+    except OSError:
+        return False
+    return True
+
+
+class _PeakMemory:
+    """Peak memory growth (MiB) over the level at entry: CUDA allocator statistics or the CPU resident set size."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak_mb: float | None = None
+
+    def __enter__(self) -> _PeakMemory:
+        gc.collect()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+        else:
+            self._base = _proc_status_kib("VmRSS")
+            self._resettable = self._base is not None and _reset_peak_rss()
+            if self._base is not None and not self._resettable:
+                logger.warning("cannot reset the peak RSS (/proc/self/clear_refs): using the process-lifetime peak")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / _MIB
+        elif self._base is not None:
+            peak = _proc_status_kib("VmHWM")
+            if peak is None:
+                import resource
+
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+            self.peak_mb = max(peak - self._base, 0) / 1024.0
+
+
+def _describe(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def profile_model(
+    model: nn.Module,
+    *,
+    size: tuple[int, int] = (480, 854),
+    frames: int = 3,
+    num_objects: int = 2,
+    device: torch.device | str = "cpu",
+    policy_factory: Callable[[], Any] | None = None,
+) -> dict[str, Any]:
+    """Parameters, MACs per frame, inference FPS and peak memory of ``model`` (a VOSModel) at ``size`` (H, W).
+
+    ``frames`` (>= 2) frames are run through an inference session with ``policy_factory`` memory (default: keep
+    every frame); the first carries ``num_objects`` reference masks. Returns ``{"params": int, "macs_per_frame": int,
+    "fps": float, "peak_mem_mb": float | None, "device": str}``; the module docstring says what each one counts.
+    The session runs first, so that memory freed by it cannot hide growth from the MAC count and vice versa.
+    """
+    from voszoo.inference.memory import KeepAll
+    from voszoo.inference.session import InferenceSession
+
+    if frames < 2:
+        raise ValueError(f"profile_model: frames must be >= 2 (a reference frame and a timed one), got {frames}")
+    if num_objects < 1:
+        raise ValueError(f"profile_model: num_objects must be >= 1, got {num_objects}")
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"profile_model: size must be (height, width) in pixels, got {size}")
+    device = torch.device(device)
+    model = model.to(device)
+    height, width = (int(s) for s in size)
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(frames)]
+    labels = _synthetic_labels(height, width, num_objects)
+    session = InferenceSession(model, policy_factory=policy_factory or KeepAll, device=device)
+    with _PeakMemory(device) as memory:
+        session.step(images[0], labels)
+        start = time.perf_counter()
+        for image in images[1:]:
+            session.step(image)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - start
+    del session
+    return {
+        "params": count_params(model),
+        "macs_per_frame": count_macs(model, size=(height, width), num_objects=num_objects, device=device),
+        "fps": (frames - 1) / seconds,
+        "peak_mem_mb": memory.peak_mb,
+        "device": _describe(device),
+    }
+
+
+def _load_model_config(args: argparse.Namespace) -> Any:
+    import yaml
+    from omegaconf import OmegaConf
+
+    from voszoo.models.registry import compose_model_config
+
+    if args.config is None:
+        return compose_model_config(args.model, args.override)
+    path = Path(args.config)
+    if not path.is_file():
+        raise ValueError(f"--config {path}: no such file")
+    cfg = OmegaConf.load(path)
+    node = cfg.model if "model" in cfg and "_target_" not in cfg else cfg
+    if "_target_" not in node:
+        raise ValueError(f"--config {path}: neither a model node nor a run config with a 'model' node (_target_)")
+    for override in args.override:
+        key, sep, value = override.partition("=")
+        if not sep:
+            raise ValueError(f"--override {override!r} must have the form key=value")
+        OmegaConf.update(node, key, yaml.safe_load(value), merge=True)
+    return node
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m voszoo.profiling",
+        description="Parameters, MACs per frame (encode + segment + memorize, one-frame memory), inference FPS and "
+        "peak memory growth of a voszoo model on synthetic frames. Weights do not change these numbers.",
+    )
+    parser.add_argument("model", nargs="?", help="model preset name (see voszoo.list_models()); or use --config")
+    parser.add_argument("--config", help="YAML file: a run's .hydra/config.yaml (its 'model' node) or a model node")
+    parser.add_argument("--override", action="append", default=[], help="model config override key=value (repeat)")
+    parser.add_argument("--size", type=int, nargs=2, default=(480, 854), metavar=("H", "W"), help="frame size")
+    parser.add_argument("--frames", type=int, default=3, help="frames of the timed session (first = reference)")
+    parser.add_argument("--objects", type=int, default=2, help="objects in the reference frame")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    parser.add_argument("--memory-policy", action="store_true", help="use the preset's memory policy (default: all)")
+    parser.add_argument("--json", help="also write the result to this JSON file")
+    args = parser.parse_args(argv)
+    if (args.model is None) == (args.config is None):
+        parser.error("give either a model preset name or --config, not both")
+    from voszoo.cli_common import resolve_device
+    from voszoo.data.io import VOSDataError
+    from voszoo.instantiate import ConfigError
+    from voszoo.models.registry import build_memory_policy, build_model
+
+    try:
+        node = _load_model_config(args)
+        model = build_model(node)
+        policy = (lambda: build_memory_policy(node)) if args.memory_policy else None
+        result = profile_model(
+            model,
+            size=tuple(args.size),
+            frames=args.frames,
+            num_objects=args.objects,
+            device=resolve_device(args.device),
+            policy_factory=policy,
+        )
+    except (ValueError, VOSDataError, ConfigError) as error:
+        print(f"voszoo.profiling: {error}", file=sys.stderr)
+        return 2
+    result["model"] = str(node.get("name", "<unnamed>"))
+    result["size"] = list(args.size)
+    text = json.dumps(result, indent=2)
+    if args.json:
+        from voszoo.data.io import atomic_write_bytes
+
+        atomic_write_bytes(Path(args.json), (text + "\n").encode())
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
