@@ -18,13 +18,11 @@ Outputs (official stages: ``features[0:4]``, ``[4:7]``, ``[7:14]``, ``[14:]``):
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import torch
 import torchvision
 from torch import Tensor, nn
 
 from voszoo.backbones.frozen import freeze_batch_norm, freeze_stages
+from voszoo.backbones.weights import check_torchvision_load, read_torchvision_weights
 
 __all__ = ["MOBILENET_V2_CHANNELS", "MobileNetV2Backbone"]
 
@@ -75,30 +73,16 @@ class MobileNetV2Backbone(nn.Module):
 
     def load_torchvision_weights(self, weights: str) -> None:
         """Load torchvision MobileNetV2 weights from a file path or a weight enum name (see the class docstring)."""
-        path = Path(weights).expanduser()
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            source = str(path)
-        else:
-            enum = torchvision.models.MobileNet_V2_Weights
-            valid = [member.name for member in enum]
-            if weights not in valid:
-                raise ValueError(
-                    f"MobileNetV2Backbone: weights={weights!r} is neither an existing file nor a member of "
-                    f"MobileNet_V2_Weights; valid names: {valid}"
-                )
-            state = enum[weights].get_state_dict(progress=True)
-            source = f"MobileNet_V2_Weights.{weights}"
-        if not isinstance(state, dict):
-            raise ValueError(f"MobileNetV2Backbone: {source} does not hold a state dict (got {type(state).__name__})")
+        state, source = read_torchvision_weights(weights, enum_name="MobileNet_V2_Weights", owner="MobileNetV2Backbone")
         kept = {k: v for k, v in state.items() if not k.startswith("classifier.")}
         result = self.load_state_dict(kept, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ValueError(
-                f"MobileNetV2Backbone: {source} is not a torchvision mobilenet_v2 state dict: "
-                f"missing {result.missing_keys[:8]}{'...' if len(result.missing_keys) > 8 else ''}, "
-                f"unexpected {result.unexpected_keys[:8]}{'...' if len(result.unexpected_keys) > 8 else ''}"
-            )
+        check_torchvision_load(
+            owner="MobileNetV2Backbone",
+            source=source,
+            architecture="mobilenet_v2",
+            missing=result.missing_keys,
+            unexpected=result.unexpected_keys,
+        )
 
     def forward(self, image: Tensor) -> dict[str, Tensor]:
         """image: (B, 3, H, W) normalised, H and W multiples of 16."""

@@ -20,11 +20,12 @@ load directly. Batch norms are plain :class:`torch.nn.BatchNorm2d`; freezing the
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torchvision
 from torch import Tensor, nn
+
+from voszoo.backbones.weights import check_torchvision_load, read_torchvision_weights
 
 __all__ = ["ResNetBackbone", "RESNET_CHANNELS"]
 
@@ -109,23 +110,7 @@ class ResNetBackbone(nn.Module):
 
     def load_torchvision_weights(self, weights: str) -> None:
         """Load torchvision ResNet weights from a file path or a weight enum name (see the class docstring)."""
-        path = Path(weights).expanduser()
-        if path.is_file():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            source = str(path)
-        else:
-            enum_name = _WEIGHT_ENUMS[self.depth]
-            enum = getattr(torchvision.models, enum_name)
-            valid = [member.name for member in enum]
-            if weights not in valid:
-                raise ValueError(
-                    f"ResNetBackbone: weights={weights!r} is neither an existing file nor a member of {enum_name}; "
-                    f"valid names: {valid}"
-                )
-            state = enum[weights].get_state_dict(progress=True)
-            source = f"{enum_name}.{weights}"
-        if not isinstance(state, dict):
-            raise ValueError(f"ResNetBackbone: {source} does not hold a state dict (got {type(state).__name__})")
+        state, source = read_torchvision_weights(weights, enum_name=_WEIGHT_ENUMS[self.depth], owner="ResNetBackbone")
         kept = {k: v for k, v in state.items() if not k.startswith(_UNUSED_PREFIXES)}
         not_loaded = ("conv1_extra.",)
         if self.image_channels != 3:  # an RGB conv1 does not fit: conv1 keeps its own init
@@ -133,12 +118,13 @@ class ResNetBackbone(nn.Module):
             not_loaded = ("conv1_extra.", "conv1.weight")
         result = self.load_state_dict(kept, strict=False)
         missing = [k for k in result.missing_keys if not k.startswith(not_loaded)]
-        if missing or result.unexpected_keys:
-            raise ValueError(
-                f"ResNetBackbone: {source} is not a torchvision resnet{self.depth} state dict: "
-                f"missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
-                f"unexpected {result.unexpected_keys[:8]}{'...' if len(result.unexpected_keys) > 8 else ''}"
-            )
+        check_torchvision_load(
+            owner="ResNetBackbone",
+            source=source,
+            architecture=f"resnet{self.depth}",
+            missing=missing,
+            unexpected=result.unexpected_keys,
+        )
 
     def forward(self, image: Tensor, extra: Tensor | None = None) -> dict[str, Tensor]:
         """image: (B, image_channels, H, W) (normalised RGB by default); extra: (B, E, H, W) with

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voszoo.layers.local_attention import LOCAL_ATTENTION_BACKENDS, local_window_attention
-from voszoo.layers.lstt import DropPath, MultiheadAttention
+from voszoo.layers.lstt import DropPath, MultiheadAttention, map_to_tokens, tokens_to_map
 
 __all__ = [
     "BILATERAL_ATTENTIONS",
@@ -290,7 +290,7 @@ class MultiheadBilateralAttention(nn.Module):
         if self.use_linear:
 
             def project(linear: nn.Linear, x: Tensor) -> Tensor:
-                return linear(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(b, c, height, width)
+                return tokens_to_map(linear(map_to_tokens(x)), (height, width))
 
             query, key, value = (
                 project(self.linear_Q, query),
@@ -316,13 +316,6 @@ class MultiheadBilateralAttention(nn.Module):
             f"d_model={self.d_model}, num_heads={self.num_heads}, W_d={self.spatial_radius}, "
             f"W_b={self.bilateral_window}, attention={self.attention!r}, backend={self.backend!r}"
         )
-
-
-def _tokens_to_map(x: Tensor, size: tuple[int, int]) -> Tensor:
-    b, length, c = x.shape
-    if length != size[0] * size[1]:
-        raise ValueError(f"bilateral block: {length} tokens do not fill a {size[0]}x{size[1]} grid")
-    return x.transpose(1, 2).reshape(b, c, *size)
 
 
 class BilateralBlock(nn.Module):
@@ -416,11 +409,11 @@ class BilateralBlock(nn.Module):
                 raise ValueError("BilateralBlock: pass either id_emb (reference mode) or the memories, not both")
             key, value = self.fuse_key_value(query, y, id_emb)
             long_term = (key, value)
-            short_term = (_tokens_to_map(key, size), _tokens_to_map(value, size))
+            short_term = (tokens_to_map(key, size), tokens_to_map(value, size))
         elif long_term is None or short_term is None:
             raise ValueError("BilateralBlock: without id_emb both long_term and short_term memories are required")
         cross = self.cross_attn(query, *long_term)
-        local = self.bilateral_attn(_tokens_to_map(query, size), *short_term, encoding)
+        local = self.bilateral_attn(tokens_to_map(query, size), *short_term, encoding)
         x = x + self.norm2_post(cross + local)
 
         x = x + self.droppath(self.linear2(F.gelu(self.linear1(self.norm3(x)))))

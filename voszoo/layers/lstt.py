@@ -40,15 +40,29 @@ from torch import Tensor, nn
 
 from voszoo.layers.local_attention import MultiheadLocalAttention
 
-__all__ = ["DropPath", "GNActDWConv", "LSTT", "LSTTBlock", "MultiheadAttention", "multihead_attention"]
+__all__ = [
+    "DropPath",
+    "GNActDWConv",
+    "LSTT",
+    "LSTTBlock",
+    "MultiheadAttention",
+    "map_to_tokens",
+    "multihead_attention",
+    "tokens_to_map",
+]
 
 
-def _tokens_to_map(x: Tensor, size: tuple[int, int]) -> Tensor:
-    """(B, h*w, C) -> (B, C, h, w)."""
+def map_to_tokens(x: Tensor) -> Tensor:
+    """(B, C, h, w) -> (B, h*w, C), row-major tokens."""
+    return x.flatten(2).transpose(1, 2)
+
+
+def tokens_to_map(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """(B, h*w, C) -> (B, C, h, w), the inverse of :func:`map_to_tokens`; ``size = (h, w)``."""
     b, length, c = x.shape
     h, w = size
     if length != h * w:
-        raise ValueError(f"LSTT: {length} tokens do not fill a {h}x{w} grid")
+        raise ValueError(f"tokens_to_map: {length} tokens do not fill a {h}x{w} grid")
     return x.transpose(1, 2).reshape(b, c, h, w)
 
 
@@ -140,8 +154,7 @@ class GNActDWConv(nn.Module):
         self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False)
 
     def forward(self, x: Tensor, size: tuple[int, int]) -> Tensor:
-        y = self.conv(F.gelu(self.gn(_tokens_to_map(x, size))))
-        return y.flatten(2).transpose(1, 2)
+        return map_to_tokens(self.conv(F.gelu(self.gn(tokens_to_map(x, size)))))
 
 
 class LSTTBlock(nn.Module):
@@ -240,11 +253,11 @@ class LSTTBlock(nn.Module):
                 raise ValueError("LSTTBlock: pass either id_emb (reference mode) or the memories, not both")
             key, value = self.fuse_key_value(query, y, id_emb)
             long_term = (key, value)
-            short_term = (_tokens_to_map(key, size), _tokens_to_map(value, size))
+            short_term = (tokens_to_map(key, size), tokens_to_map(value, size))
         elif long_term is None or short_term is None:
             raise ValueError("LSTTBlock: without id_emb both long_term and short_term memories are required")
         lt = self.long_term_attn(query, *long_term)
-        st = self.short_term_attn(_tokens_to_map(query, size), *short_term)
+        st = self.short_term_attn(tokens_to_map(query, size), *short_term)
         x = x + self.lst_dropout(lt + st)
 
         ff = self.linear2(self.activation(self.linear1(self.norm3(x)), size))

@@ -49,44 +49,40 @@ into a loss log that :meth:`BATMAN.new_training_memory` places in ``memory.state
 wraps the base generator and adds ``flow_loss_weight x (sum of the chunk's frame MSEs) / (T - 1)`` to each chunk's
 ``"loss"`` (reported as ``"loss_flow"``), so the chunks again sum to the clip mean. Ground-truth flow: a clip that
 carries ``flows`` (B, T-1, 2, H, W) (forward flow t -> t+1, input pixels) feeds frame t's ``memorize`` the flow to
-frame t+1; voszoo's ``Clip`` does not carry it yet (docs/methods/batman.md).
+frame t+1; ``ClipDataset(with_flow=True)`` (``data.train.with_flow=true``, ToyVOS) provides it.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voszoo.inference.memory import EveryN, MemoryBank
 from voszoo.layers.bilateral import BilateralSpaceEncoder
 from voszoo.layers.flow import NoFlow
 from voszoo.layers.position import SinePositionEmbedding
 from voszoo.losses import flow_mse
-from voszoo.models.base import FrameFeatures, VOSModel
+from voszoo.models.identity_model import ASSIGNMENT_KEY, IdentityVOSModel
 
 if TYPE_CHECKING:
     from voszoo.decoders.fpn import FPNHead
+    from voszoo.inference.memory import MemoryBank
     from voszoo.layers.bilateral import BilateralTransformer
     from voszoo.layers.flow import FlowCalibration
     from voszoo.layers.identity import IdentityBank
+    from voszoo.models.base import FrameFeatures
     from voszoo.types import Clip
 
 __all__ = ["BATMAN"]
 
-ASSIGNMENT_KEY = "id_assignment"
-COUNTS_KEY = "objects_per_sample"
-PENDING_KEY = "batman_pending"
 PREV_IMAGE_KEY = "batman_prev_image"
 PREV_MASK_KEY = "batman_prev_mask"
 CLIP_FLOWS_KEY = "batman_clip_flows"
 GIVEN_FLOW_KEY = "batman_given_flow"
 FLOW_LOG_KEY = "batman_flow_log"
-MEMORY_MASKS = ("hard", "soft")
 
 
 class _FlowLossLog:
@@ -100,15 +96,7 @@ class _FlowLossLog:
         return losses
 
 
-def _to_tokens(x: Tensor) -> Tensor:
-    return x.flatten(2).transpose(1, 2)
-
-
-def _to_map(x: Tensor, size: tuple[int, int]) -> Tensor:
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *size)
-
-
-class BATMAN(VOSModel):
+class BATMAN(IdentityVOSModel):
     """BATMAN assembled from built parts (see the module docstring).
 
     Args:
@@ -131,11 +119,7 @@ class BATMAN(VOSModel):
         memory_mask: ``"hard"`` (argmax one-hot) or ``"soft"`` memorised masks.
     """
 
-    multi_object = "joint"
-    stride = 16
-    encoder_parameter_prefixes = ("encoder",)
-    # exempt from weight decay as in the official recipe (aot-benchmark ``get_trainable_params``, no_wd_keys)
-    no_weight_decay_keys = ("relative_emb_v", "conv_out")
+    pending_key = "batman_pending"
 
     def __init__(
         self,
@@ -157,40 +141,23 @@ class BATMAN(VOSModel):
         train_long_term_gap: int = 9999,
         memory_mask: str = "hard",
     ) -> None:
-        super().__init__(criterion=criterion)
-        channels = dict(getattr(encoder, "channels", {}))
-        skip_scales = tuple(skip_scales)
-        missing = [s for s in (embed_scale, *skip_scales) if s not in channels]
-        if missing:
-            raise ValueError(f"BATMAN: the encoder's `channels` must name {missing}; it has {sorted(channels)}")
-        d_model = transformer.d_model
-        if identity.embed_dim != d_model:
+        super().__init__(
+            encoder=encoder,
+            propagator=transformer,
+            decoder=decoder,
+            identity=identity,
+            criterion=criterion,
+            embed_scale=embed_scale,
+            skip_scales=skip_scales,
+            align_corners=align_corners,
+            train_long_term_gap=train_long_term_gap,
+            memory_mask=memory_mask,
+        )
+        if flow_norm <= 0 or flow_loss_weight < 0:
             raise ValueError(
-                f"BATMAN: identity.embed_dim={identity.embed_dim} must equal transformer.d_model={d_model}"
+                f"BATMAN: need flow_norm > 0 and flow_loss_weight >= 0; got {flow_norm}, {flow_loss_weight}"
             )
-        if decoder.out_channels != identity.num_identities + 1:
-            raise ValueError(
-                f"BATMAN: decoder.out_channels={decoder.out_channels} must be identity.num_identities + 1 = "
-                f"{identity.num_identities + 1}"
-            )
-        if decoder.in_channels != d_model * (transformer.num_layers + 1):
-            raise ValueError(
-                f"BATMAN: decoder.in_channels={decoder.in_channels} must be d_model x (blocks + 1) = "
-                f"{d_model * (transformer.num_layers + 1)}"
-            )
-        skip_channels = tuple(channels[s] for s in skip_scales)
-        if tuple(decoder.skip_channels) != skip_channels:
-            raise ValueError(
-                f"BATMAN: decoder.skip_channels={tuple(decoder.skip_channels)} must match the encoder's {skip_scales} "
-                f"channels {skip_channels}"
-            )
-        if memory_mask not in MEMORY_MASKS:
-            raise ValueError(f"BATMAN: memory_mask must be one of {MEMORY_MASKS}, got {memory_mask!r}")
-        if train_long_term_gap < 1 or flow_norm <= 0 or flow_loss_weight < 0:
-            raise ValueError(
-                f"BATMAN: need train_long_term_gap >= 1, flow_norm > 0, flow_loss_weight >= 0; got "
-                f"{train_long_term_gap}, {flow_norm}, {flow_loss_weight}"
-            )
+        channels = dict(encoder.channels)
         uses_encoding = transformer.attention == "bilateral"
         uses_flow = uses_encoding and not isinstance(flow, NoFlow)
         if uses_flow:
@@ -204,13 +171,10 @@ class BATMAN(VOSModel):
                     f"BATMAN: calibration.mask_channels={calibration.mask_channels} must be M+1 = "
                     f"{identity.num_identities + 1} (the previous mask in identity slots)"
                 )
-        self.encoder = encoder
-        self.encoder_projector = nn.Conv2d(channels[embed_scale], d_model, kernel_size=1)
-        nn.init.xavier_uniform_(self.encoder_projector.weight)
         self.transformer = transformer
         self.decoder = decoder
         self.identity = identity
-        self.pos_generator = SinePositionEmbedding(num_pos_feats=d_model // 2, normalize=True)
+        self.pos_generator = SinePositionEmbedding(num_pos_feats=transformer.d_model // 2, normalize=True)
         # ablations drop the modules that cannot reach the output (module docstring)
         self.flow = flow if uses_flow else None
         self.flow_encoder = flow_encoder if uses_flow else None
@@ -223,95 +187,31 @@ class BATMAN(VOSModel):
             if uses_encoding
             else None
         )
-        self.max_objects = identity.num_identities
-        self.embed_scale = embed_scale
-        self.skip_scales = skip_scales
         self.flow_scale = flow_scale
         self.flow_norm = float(flow_norm)
         self.flow_loss_weight = float(flow_loss_weight)
-        self.align_corners = align_corners
-        self.train_long_term_gap = train_long_term_gap
-        self.memory_mask = memory_mask
+
+    @property
+    def propagator(self) -> BilateralTransformer:
+        return self.transformer
+
+    @property
+    def id_bank(self) -> IdentityBank:
+        return self.identity
+
+    def _propagation_inputs(self, memory: MemoryBank, feats: FrameFeatures, *, reference: bool) -> dict[str, Any]:
+        return {"encoding": self._encoding(memory, feats, reference=reference)}
 
     # -- the contract -------------------------------------------------------------------------------------------
-    def encode(self, image: Tensor) -> FrameFeatures:
-        """Encoder maps; cache ``embedding`` (B, C, H/16, W/16) (projected) and ``pos`` (1, C, H/16, W/16)."""
-        maps = self.encoder(image)
-        embedding = self.encoder_projector(maps[self.embed_scale])
-        pos = self.pos_generator(embedding)
-        return FrameFeatures(image=image, maps=dict(maps), cache={"embedding": embedding, "pos": pos})
-
-    def segment(self, memory: MemoryBank, feats: FrameFeatures) -> Tensor:
-        """Flow, calibration, E, the transformer over the memory, decoding: logits (B, N+1, H, W)."""
-        embedding = feats.cache["embedding"]
-        size = (int(embedding.shape[-2]), int(embedding.shape[-1]))
-        long_term, short_term = self._read(memory, size)
-        encoding = self._encoding(memory, feats, reference=False)
-        outputs, frame_memories = self.transformer(
-            _to_tokens(embedding),
-            size=size,
-            encoding=encoding,
-            pos=_to_tokens(feats.cache["pos"]),
-            long_term=long_term,
-            short_term=short_term,
-        )
-        memory.state[PENDING_KEY] = (embedding, frame_memories)
-        return self._decode(memory, feats, outputs)
-
     def memorize(self, memory: MemoryBank, feats: FrameFeatures, probs: Tensor, frame_index: int) -> None:
         """Write the frame's per-layer (K, V) with the identification embedding of ``probs`` (B, N+1, H, W); keep
         the image and the identity-slot mask for the next frame's flow and calibration."""
-        num_objects = int(memory.state["num_objects"])
-        batch = feats.image.shape[0]
-        if probs.ndim != 4 or tuple(probs.shape) != (batch, num_objects + 1, *feats.size):
-            raise ValueError(
-                f"BATMAN.memorize: probs must be (B={batch}, N+1={num_objects + 1}, {feats.size[0]}, "
-                f"{feats.size[1]}), got {tuple(probs.shape)}"
-            )
-        embedding = feats.cache["embedding"]
-        size = (int(embedding.shape[-2]), int(embedding.shape[-1]))
         first = memory.reference_index is None
-        if first and ASSIGNMENT_KEY not in memory.state:
-            memory.state[ASSIGNMENT_KEY] = self.identity.assign(
-                batch, num_objects, shuffle=self.training, device=probs.device
-            )
-        if self.memory_mask == "hard":
-            probs = F.one_hot(probs.argmax(dim=1), num_objects + 1).permute(0, 3, 1, 2)
-        masks = probs.to(embedding.dtype)
+        masks, id_emb = self._identity_tokens(memory, feats, probs)
         slot_masks = self.identity.scatter(masks, memory.state[ASSIGNMENT_KEY])  # (B, M+1, H, W)
-        id_emb = _to_tokens(self.identity(masks, memory.state[ASSIGNMENT_KEY]))
-        if tuple(id_emb.shape[1:]) != (size[0] * size[1], self.transformer.d_model):
-            raise ValueError(
-                f"BATMAN.memorize: the identity bank maps a {feats.size} mask to {tuple(id_emb.shape)} tokens, the "
-                f"encoder to a {size} grid; use inputs whose sides are multiples of {self.stride}"
-            )
-        pending = memory.state.pop(PENDING_KEY, None)
-        if pending is not None and pending[0] is embedding:
-            frame_memories = pending[1]
-        elif first:
+        if first:
             memory.state[PREV_MASK_KEY] = slot_masks  # the reference frame calibrates a zero flow with its own mask
-            _, frame_memories = self.transformer(
-                _to_tokens(embedding),
-                size=size,
-                encoding=self._encoding(memory, feats, reference=True),
-                pos=_to_tokens(feats.cache["pos"]),
-                id_emb=id_emb,
-            )
-        else:
-            long_term, short_term = self._read(memory, size)
-            _, frame_memories = self.transformer(
-                _to_tokens(embedding),
-                size=size,
-                encoding=self._encoding(memory, feats, reference=False),
-                pos=_to_tokens(feats.cache["pos"]),
-                long_term=long_term,
-                short_term=short_term,
-            )
-        tensors: dict[str, Tensor] = {}
-        for layer, (key, value) in enumerate(self.transformer.fuse(frame_memories, id_emb)):
-            tensors[f"key{layer}"] = key
-            tensors[f"value{layer}"] = value
-        memory.write(frame_index, tensors)
+        self._write_frame(memory, feats, id_emb, frame_index)
         memory.state[PREV_IMAGE_KEY] = feats.image
         memory.state[PREV_MASK_KEY] = slot_masks
         clip_flows = memory.state.get(CLIP_FLOWS_KEY)
@@ -323,8 +223,7 @@ class BATMAN(VOSModel):
     def new_training_memory(self, clip: Clip, *, num_objects: int, memory_frames: int | None) -> MemoryBank:
         """AOT's training memory (long-term gap, per-sample object counts), the calibration loss log and, when the
         clip carries ``flows`` (B, T-1, 2, H, W), the ground-truth flows."""
-        memory = self.new_memory(EveryN(n=self.train_long_term_gap, max_frames=memory_frames), num_objects=num_objects)
-        memory.state[COUNTS_KEY] = clip.num_objects.to(clip.images.device).long().clamp(0, num_objects)
+        memory = super().new_training_memory(clip, num_objects=num_objects, memory_frames=memory_frames)
         log = getattr(clip, "_batman_flow_log", None)
         if log is not None:
             memory.state[FLOW_LOG_KEY] = log
@@ -390,34 +289,6 @@ class BATMAN(VOSModel):
                 f"{tuple(image_features.shape)} must share the grid (flow_scale / embed_scale)"
             )
         return self.bilateral_encoder(image_features, flow_features)
-
-    def _read(
-        self, memory: MemoryBank, size: tuple[int, int]
-    ) -> tuple[list[tuple[Tensor, Tensor]], list[tuple[Tensor, Tensor]]]:
-        """Per-layer long-term (K, V) (B, T*h*w, C) and short-term (K, V) (B, C, h, w)."""
-        if not memory.long_term or memory.short_term is None:
-            raise RuntimeError("BATMAN: the memory is empty; memorize the reference frame first")
-        short = memory.short_term.tensors
-        if short["key0"].shape[1] != size[0] * size[1]:
-            raise ValueError(
-                f"BATMAN: the memory holds {short['key0'].shape[1]} tokens per frame, the current frame {size}"
-            )
-        long_term, short_term = [], []
-        for layer in range(self.transformer.num_layers):
-            keys = memory.stack(f"key{layer}", dim=1, include_short_term=False).flatten(1, 2)
-            values = memory.stack(f"value{layer}", dim=1, include_short_term=False).flatten(1, 2)
-            long_term.append((keys, values))
-            short_term.append((_to_map(short[f"key{layer}"], size), _to_map(short[f"value{layer}"], size)))
-        return long_term, short_term
-
-    def _decode(self, memory: MemoryBank, feats: FrameFeatures, outputs: list[Tensor]) -> Tensor:
-        embedding = feats.cache["embedding"]
-        size = (int(embedding.shape[-2]), int(embedding.shape[-1]))
-        x = torch.cat([embedding, *(_to_map(out, size) for out in outputs)], dim=1)
-        id_logits = self.decoder(x, [feats.maps[scale] for scale in self.skip_scales])
-        id_logits = F.interpolate(id_logits, size=feats.size, mode="bilinear", align_corners=self.align_corners)
-        id_logits = id_logits.to(torch.promote_types(id_logits.dtype, torch.float32))
-        return self.identity.decode(id_logits, memory.state[ASSIGNMENT_KEY], num_objects=memory.state.get(COUNTS_KEY))
 
     def extra_repr(self) -> str:
         return (

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +41,11 @@ __all__ = [
     "CheckpointMismatchError",
     "ConversionReport",
     "convert_stm_state_dict",
+    "load_converted",
     "load_official_stm",
+    "read_checkpoint",
+    "strip_prefix",
+    "unwrap_state_dict",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -126,7 +130,9 @@ class ConversionReport:
         return summary if not problems else f"{summary}\n{problems}"
 
 
-def _strip_prefix(official: Mapping[str, Tensor], report: ConversionReport) -> dict[str, Tensor]:
+def strip_prefix(official: Mapping[str, Tensor], report: ConversionReport) -> dict[str, Tensor]:
+    """The state dict without the ``module.`` prefix DistributedDataParallel adds when every key carries it
+    (recorded in ``report.stripped_prefix``); otherwise a copy of ``official``."""
     keys = list(official)
     if keys and all(key.startswith("module.") for key in keys):
         report.stripped_prefix = "module."
@@ -134,8 +140,11 @@ def _strip_prefix(official: Mapping[str, Tensor], report: ConversionReport) -> d
     return dict(official)
 
 
-def _unwrap(checkpoint: object, source: str) -> Mapping[str, Tensor]:
-    """A state dict, possibly wrapped as {"state_dict": ...} or {"model": ...}."""
+def unwrap_state_dict(checkpoint: object, source: str) -> Mapping[str, Tensor]:
+    """The state dict of ``checkpoint``: itself, or its ``{"state_dict": ...}`` or ``{"model": ...}`` entry.
+
+    Raises :class:`CheckpointMismatchError` naming ``source`` when there is no mapping of names to tensors.
+    """
     if isinstance(checkpoint, Mapping):
         if checkpoint and all(isinstance(v, Tensor) for v in checkpoint.values()):
             return checkpoint  # type: ignore[return-value]
@@ -149,6 +158,54 @@ def _unwrap(checkpoint: object, source: str) -> Mapping[str, Tensor]:
     )
 
 
+def read_checkpoint(checkpoint: str | Path | Mapping[str, Tensor], *, caller: str) -> tuple[str, object]:
+    """``(source, loaded object)`` of a checkpoint given as a ``.pth`` path (loaded on the CPU, tensors only) or as
+    an already loaded object (source ``"<state dict>"``). A missing file raises ``FileNotFoundError`` naming
+    ``caller`` and the path."""
+    if isinstance(checkpoint, (str, Path)):
+        source = str(checkpoint)
+        path = Path(checkpoint).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{caller}: no checkpoint file at {source}")
+        return source, torch.load(path, map_location="cpu", weights_only=True)
+    return "<state dict>", checkpoint
+
+
+def load_converted(
+    model: nn.Module,
+    converted: Mapping[str, Tensor],
+    report: ConversionReport,
+    *,
+    method: str,
+    strict: bool,
+    describe_unused: Callable[[str], str] = str,
+    ignore_missing: Callable[[str], bool] = lambda key: False,
+) -> ConversionReport:
+    """Load a converted state dict into ``model`` and complete ``report``: converted keys the model lacks are
+    ``unused`` (named by ``describe_unused``), shape differences ``mismatched``, model keys nobody fills ``missing``
+    (except those ``ignore_missing`` accepts). If the report is not ok: ``strict`` raises
+    :class:`CheckpointMismatchError` (``"official <method> checkpoint does not fit ..."``) before anything is loaded;
+    otherwise a warning names the problems and the tensors that fit are loaded."""
+    own = model.state_dict()
+    loadable: dict[str, Tensor] = {}
+    for key, value in converted.items():
+        if key not in own:
+            report.unused.append(describe_unused(key))
+        elif tuple(own[key].shape) != tuple(value.shape):
+            report.mismatched.append((key, tuple(own[key].shape), tuple(value.shape)))
+        else:
+            loadable[key] = value
+    report.missing = [key for key in own if key not in converted and not ignore_missing(key)]
+    report.num_parameters = sum(p.numel() for p in model.parameters())
+    if not report.ok:
+        message = f"official {method} checkpoint does not fit {type(model).__name__}:\n{report}"
+        if strict:
+            raise CheckpointMismatchError(message)
+        warnings.warn(message, stacklevel=3)  # the caller of load_official_<method>
+    model.load_state_dict(loadable, strict=False)
+    return report
+
+
 def convert_stm_state_dict(
     official: Mapping[str, Tensor], *, source: str = "<state dict>"
 ) -> tuple[dict[str, Tensor], ConversionReport]:
@@ -159,7 +216,7 @@ def convert_stm_state_dict(
     :class:`CheckpointMismatchError` if no key at all is an STM key (a checkpoint of another model).
     """
     report = ConversionReport(source=source)
-    state = _strip_prefix(_unwrap(official, source), report)
+    state = strip_prefix(unwrap_state_dict(official, source), report)
     if not any(key.startswith(_STM_PREFIXES) for key in state):
         raise CheckpointMismatchError(
             f"{source} is not an official STM checkpoint: none of its {len(state)} keys starts with "
@@ -215,31 +272,11 @@ def load_official_stm(
     ImageNet's, raises :class:`CheckpointMismatchError` listing all of them, and the model is left untouched. With
     ``strict=False`` the tensors that fit are loaded, the rest is listed in the returned report and in a warning.
     """
-    if isinstance(checkpoint, (str, Path)):
-        source = str(checkpoint)
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"load_official_stm: no checkpoint file at {source}")
-        official = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        source, official = "<state dict>", checkpoint
-    converted, report = convert_stm_state_dict(_unwrap(official, source), source=source)
-    own = model.state_dict()
-    loadable: dict[str, Tensor] = {}
-    for key, value in converted.items():
-        if key not in own:
-            origin = report.merged.get(key) or [k for k, v in report.mapped.items() if v == key]
-            report.unused.append(f"{', '.join(origin)} (-> {key})")
-        elif tuple(own[key].shape) != tuple(value.shape):
-            report.mismatched.append((key, tuple(own[key].shape), tuple(value.shape)))
-        else:
-            loadable[key] = value
-    report.missing = [key for key in own if key not in converted]
-    report.num_parameters = sum(p.numel() for p in model.parameters())
-    if not report.ok:
-        message = f"official STM checkpoint does not fit {type(model).__name__}:\n{report}"
-        if strict:
-            raise CheckpointMismatchError(message)
-        warnings.warn(message, stacklevel=2)
-    model.load_state_dict(loadable, strict=False)
-    return report
+    source, official = read_checkpoint(checkpoint, caller="load_official_stm")
+    converted, report = convert_stm_state_dict(unwrap_state_dict(official, source), source=source)
+
+    def describe_unused(key: str) -> str:
+        origin = report.merged.get(key) or [k for k, v in report.mapped.items() if v == key]
+        return f"{', '.join(origin)} (-> {key})"
+
+    return load_converted(model, converted, report, method="STM", strict=strict, describe_unused=describe_unused)

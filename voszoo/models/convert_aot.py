@@ -16,14 +16,19 @@ The report type and error are the STM converter's (:mod:`voszoo.models.convert`)
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-from voszoo.models.convert import CheckpointMismatchError, ConversionReport, _strip_prefix, _unwrap
+from voszoo.models.convert import (
+    CheckpointMismatchError,
+    ConversionReport,
+    load_converted,
+    read_checkpoint,
+    strip_prefix,
+    unwrap_state_dict,
+)
 
 __all__ = ["AOT_PREFIXES", "convert_aot_state_dict", "is_official_aot_state", "load_official_aot"]
 
@@ -49,7 +54,7 @@ def convert_aot_state_dict(
     Raises :class:`CheckpointMismatchError` if no key has AOT's identity bank (a checkpoint of another model).
     """
     report = ConversionReport(source=source)
-    state = _strip_prefix(_unwrap(official, source), report)
+    state = strip_prefix(unwrap_state_dict(official, source), report)
     if _SIGNATURE not in state:
         raise CheckpointMismatchError(
             f"{source} is not an official AOT checkpoint: it has no {_SIGNATURE!r} (with or without 'module.'); "
@@ -75,30 +80,13 @@ def load_official_aot(
     :class:`CheckpointMismatchError` listing all of them, and the model is left untouched. With ``strict=False`` the
     tensors that fit are loaded and the rest is listed in the returned report and in a warning.
     """
-    if isinstance(checkpoint, (str, Path)):
-        source = str(checkpoint)
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"load_official_aot: no checkpoint file at {source}")
-        official = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        source, official = "<state dict>", checkpoint
-    converted, report = convert_aot_state_dict(_unwrap(official, source), source=source)
-    own = model.state_dict()
-    loadable: dict[str, Tensor] = {}
-    for key, value in converted.items():
-        if key not in own:
-            report.unused.append(key)
-        elif tuple(own[key].shape) != tuple(value.shape):
-            report.mismatched.append((key, tuple(own[key].shape), tuple(value.shape)))
-        else:
-            loadable[key] = value
-    report.missing = [k for k in own if k not in converted and not k.endswith(".num_batches_tracked")]
-    report.num_parameters = sum(p.numel() for p in model.parameters())
-    if not report.ok:
-        message = f"official AOT checkpoint does not fit {type(model).__name__}:\n{report}"
-        if strict:
-            raise CheckpointMismatchError(message)
-        warnings.warn(message, stacklevel=2)
-    model.load_state_dict(loadable, strict=False)
-    return report
+    source, official = read_checkpoint(checkpoint, caller="load_official_aot")
+    converted, report = convert_aot_state_dict(unwrap_state_dict(official, source), source=source)
+    return load_converted(
+        model,
+        converted,
+        report,
+        method="AOT",
+        strict=strict,
+        ignore_missing=lambda key: key.endswith(".num_batches_tracked"),
+    )

@@ -30,10 +30,6 @@ this class. Loss: cross-entropy as STM. Memory at evaluation: STM's (reference +
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from torch import nn
-
 from voszoo.models.stm import STM
 
 __all__ = ["MGA"]
@@ -46,38 +42,7 @@ class MGA(STM):
     ``modulated_read(reader, memory_key, memory_value, query_key, query_value, *, previous_mask)`` replaces the read.
     """
 
-    def __init__(
-        self,
-        *,
-        memory_encoder: nn.Module,
-        query_encoder: nn.Module,
-        memory_key_value: nn.Module,
-        query_key_value: nn.Module,
-        reader: nn.Module,
-        decoder: nn.Module,
-        prior: nn.Module,
-        criterion: nn.Module | None = None,
-        skip_scales: Sequence[str] = ("s8", "s4"),
-        aggregation_eps: float = 1e-7,
-        presence_threshold: float = 0.5,
-        motion: nn.Module | None = None,
-    ) -> None:
-        if prior is None:
-            raise ValueError(
-                "MGA needs a prior module (conf/model/prior/, e.g. motion_guided); without it the network is STM: "
-                "use model=stm or model=stm_r18"
-            )
-        super().__init__(
-            memory_encoder=memory_encoder,
-            query_encoder=query_encoder,
-            memory_key_value=memory_key_value,
-            query_key_value=query_key_value,
-            reader=reader,
-            decoder=decoder,
-            criterion=criterion,
-            skip_scales=skip_scales,
-            aggregation_eps=aggregation_eps,
-            presence_threshold=presence_threshold,
-            motion=motion,
-            prior=prior,
-        )
+    required_slots = {
+        "prior": "MGA needs a prior module (conf/model/prior/, e.g. motion_guided); without it the network is STM: "
+        "use model=stm or model=stm_r18",
+    }

@@ -34,10 +34,6 @@ crops: ``experiment=munet`` (the optimiser is the run's ``optim`` node, not part
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from torch import nn
-
 from voszoo.models.stm import STM
 
 __all__ = ["MUNet"]
@@ -51,38 +47,7 @@ class MUNet(STM):
     :class:`voszoo.layers.motion_uncertainty.MotionEnhancement` (MU-Layer + MSAM).
     """
 
-    def __init__(
-        self,
-        *,
-        memory_encoder: nn.Module,
-        query_encoder: nn.Module,
-        memory_key_value: nn.Module,
-        query_key_value: nn.Module,
-        reader: nn.Module,
-        decoder: nn.Module,
-        motion: nn.Module,
-        criterion: nn.Module | None = None,
-        skip_scales: Sequence[str] = ("s8", "s4"),
-        aggregation_eps: float = 1e-7,
-        presence_threshold: float = 0.5,
-        prior: nn.Module | None = None,
-    ) -> None:
-        if motion is None:
-            raise ValueError(
-                "MUNet needs a motion module (conf/model/motion/, e.g. mu_layer); without it the network is STM: "
-                "use model=stm or model=stm_r18"
-            )
-        super().__init__(
-            memory_encoder=memory_encoder,
-            query_encoder=query_encoder,
-            memory_key_value=memory_key_value,
-            query_key_value=query_key_value,
-            reader=reader,
-            decoder=decoder,
-            criterion=criterion,
-            skip_scales=skip_scales,
-            aggregation_eps=aggregation_eps,
-            presence_threshold=presence_threshold,
-            motion=motion,
-            prior=prior,
-        )
+    required_slots = {
+        "motion": "MUNet needs a motion module (conf/model/motion/, e.g. mu_layer); without it the network is STM: "
+        "use model=stm or model=stm_r18",
+    }

@@ -50,9 +50,8 @@ import torch
 from torch import Tensor, nn
 
 from voszoo.inference.memory import MemoryBank
-from voszoo.layers.aggregation import soft_aggregate
 from voszoo.models.base import FrameFeatures, VOSModel
-from voszoo.models.stm import PRESENT_KEY, update_presence
+from voszoo.models.stm import aggregate_objects, memory_num_objects, update_presence
 
 __all__ = ["SITVOS"]
 
@@ -131,14 +130,7 @@ class SITVOS(VOSModel):
     def memorize(self, memory: MemoryBank, feats: FrameFeatures, probs: Tensor, frame_index: int) -> None:
         """Write ``frame`` = M_ori (B, C, h, w), from the cached backbone features, and ``mask`` = M_E
         (B, N, C, h, w), one mask-encoder pass per object. probs: (B, N+1, H, W), background first."""
-        num_objects = int(memory.state["num_objects"])
-        if num_objects < 1:
-            raise ValueError(f"SITVOS.memorize: the memory bank has no objects (num_objects={num_objects})")
-        if probs.ndim != 4 or probs.shape[1] != num_objects + 1:
-            raise ValueError(
-                f"SITVOS.memorize: probs must be (B, N+1={num_objects + 1}, H, W) for this memory, "
-                f"got {tuple(probs.shape)}"
-            )
+        num_objects = memory_num_objects(memory, probs, where="SITVOS.memorize")
         if "memory" not in feats.cache:  # the same frame memorised into several banks (object groups) embeds once
             feats.cache["memory"] = self.memory_embedding(feats.maps["s16"])
         fg = probs[:, 1:].to(feats.image.dtype)  # (B, N, H, W)
@@ -178,10 +170,7 @@ class SITVOS(VOSModel):
             x = self.projection(x)
         skips = [per_object(feats.maps[scale]) for scale in self.skip_scales]
         logits = self.decoder(x, skips, output_size=feats.size)  # (B*N, 2, H, W)
-        # soft aggregation in at least float32 (under autocast the decoder may run in half precision)
-        fg = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=1)[:, 1]
-        fg = fg.unflatten(0, (batch, num_objects))
-        return soft_aggregate(fg, eps=self.aggregation_eps, present=memory.state.get(PRESENT_KEY))
+        return aggregate_objects(logits, memory, num_objects=num_objects, eps=self.aggregation_eps)
 
     def extra_repr(self) -> str:
         return (

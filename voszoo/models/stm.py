@@ -60,7 +60,8 @@ checkpoint into it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -94,6 +95,28 @@ def update_presence(memory: MemoryBank, fg: Tensor, *, threshold: float) -> None
         memory.state[PRESENT_KEY] = previous | (peak > threshold)
 
 
+def memory_num_objects(memory: MemoryBank, probs: Tensor, *, where: str) -> int:
+    """N of a per-object memory bank, checking that it has objects and that ``probs`` is (B, N+1, H, W); errors
+    name ``where`` (e.g. ``"STM.memorize"``)."""
+    num_objects = int(memory.state["num_objects"])
+    if num_objects < 1:
+        raise ValueError(f"{where}: the memory bank has no objects (num_objects={num_objects})")
+    if probs.ndim != 4 or probs.shape[1] != num_objects + 1:
+        raise ValueError(
+            f"{where}: probs must be (B, N+1={num_objects + 1}, H, W) for this memory, got {tuple(probs.shape)}"
+        )
+    return num_objects
+
+
+def aggregate_objects(logits: Tensor, memory: MemoryBank, *, num_objects: int, eps: float) -> Tensor:
+    """Per-object logits (B*N, 2, H, W) (background, foreground; object-major within a sample) -> soft-aggregated
+    logits (B, N+1, H, W), float32 or wider, with the objects absent from ``memory`` (``update_presence``) masked."""
+    # soft aggregation in at least float32 (under autocast the decoder may run in half precision)
+    fg = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=1)[:, 1]
+    fg = fg.unflatten(0, (-1, num_objects))
+    return soft_aggregate(fg, eps=eps, present=memory.state.get(PRESENT_KEY))
+
+
 class STM(VOSModel):
     """Space-Time Memory network assembled from built parts (see the module docstring).
 
@@ -123,6 +146,8 @@ class STM(VOSModel):
 
     multi_object = "per_object"
     stride = 16
+    # optional slots a subclass makes mandatory: slot name -> what to say when it is None (MGA: prior, MUNet: motion)
+    required_slots: ClassVar[Mapping[str, str]] = {}
 
     def __init__(
         self,
@@ -142,6 +167,10 @@ class STM(VOSModel):
         tie_initial_weights: bool = False,
     ) -> None:
         super().__init__(criterion=criterion)
+        slots = {"motion": motion, "prior": prior}
+        for slot, message in self.required_slots.items():
+            if slots[slot] is None:
+                raise ValueError(message)
         extra = getattr(memory_encoder, "extra_input_channels", 2)
         if extra != 2:
             raise ValueError(
@@ -179,7 +208,7 @@ class STM(VOSModel):
         probs: (B, N+1, H, W), background first; object i's encoder input is the frame, p_i and
         clamp(sum_{j != i} p_j, 0, 1).
         """
-        num_objects = self._num_objects(memory, probs, "memorize")
+        num_objects = memory_num_objects(memory, probs, where="STM.memorize")
         batch = probs.shape[0]
         image = feats.image
         fg = probs[:, 1:].to(image.dtype)  # (B, N, H, W)
@@ -206,7 +235,6 @@ class STM(VOSModel):
         num_objects = int(memory.state["num_objects"])
         keys = memory.stack("key", dim=3)  # (B, N, C_k, T, h, w)
         values = memory.stack("value", dim=3)  # (B, N, C_v, T, h, w)
-        batch = keys.shape[0]
         if keys.shape[1] != num_objects:
             raise ValueError(f"STM.segment: memory holds {keys.shape[1]} objects, state says {num_objects}")
 
@@ -230,10 +258,7 @@ class STM(VOSModel):
             )
         skips = [per_object(feats.maps[scale]) for scale in self.skip_scales]
         logits = self.decoder(read, skips, output_size=feats.size)  # (B*N, 2, H, W)
-        # soft aggregation in at least float32 (under autocast the decoder may run in half precision)
-        fg = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(dim=1)[:, 1]
-        fg = fg.unflatten(0, (batch, num_objects))
-        return soft_aggregate(fg, eps=self.aggregation_eps, present=memory.state.get(PRESENT_KEY))
+        return aggregate_objects(logits, memory, num_objects=num_objects, eps=self.aggregation_eps)
 
     # -- helpers ------------------------------------------------------------------------------------------------
     def _query_key_value(self, memory: MemoryBank, feats: FrameFeatures) -> tuple[Tensor, Tensor]:
@@ -249,17 +274,6 @@ class STM(VOSModel):
             )
         current = feats.maps["s16"]
         return self.query_key_value(self.motion(previous.tensors[MOTION_KEY].to(current.dtype), current))
-
-    @staticmethod
-    def _num_objects(memory: MemoryBank, probs: Tensor, where: str) -> int:
-        num_objects = int(memory.state["num_objects"])
-        if num_objects < 1:
-            raise ValueError(f"STM.{where}: the memory bank has no objects (num_objects={num_objects})")
-        if probs.ndim != 4 or probs.shape[1] != num_objects + 1:
-            raise ValueError(
-                f"STM.{where}: probs must be (B, N+1={num_objects + 1}, H, W) for this memory, got {tuple(probs.shape)}"
-            )
-        return num_objects
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, skip_scales={self.skip_scales}"
