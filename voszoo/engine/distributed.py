@@ -110,12 +110,9 @@ def average_gradients(parameters: list[torch.Tensor]) -> None:
     that bypass it, e.g. the trainer's sequence learning). Parameters without a gradient count as zero."""
     if not _initialized():
         return
-    world = dist.get_world_size()
     for parameter in parameters:
-        if parameter.grad is None:
-            parameter.grad = torch.zeros_like(parameter)
-        dist.all_reduce(parameter.grad)
-        parameter.grad.div_(world)
+        grad = parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)
+        parameter.grad = all_reduce_mean(grad)
 
 
 def all_gather_objects(obj: Any) -> list[Any]:
