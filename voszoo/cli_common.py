@@ -75,7 +75,7 @@ def evaluate_model(
     from voszoo.inference.predict import SessionPredictor
     from voszoo.models.registry import build_memory_policy
 
-    session_keys = ("short_side", "flip", "amp")
+    session_keys = ("short_side", "flip", "amp", "compile_modules", "channels_last")
     session_kwargs = {k: kwargs.pop(k) for k in session_keys if k in kwargs}
     policy_overrides = {} if max_frames is None else {"max_frames": max_frames}
     build_memory_policy(model_cfg, **policy_overrides)  # fail now, not inside the first video

@@ -6,17 +6,26 @@
 
 Writes ``predictions/<seq>/<frame>.png``, the official DAVIS CSVs, ``results.json`` and ``metrics.json`` (J&F, J, F,
 FPS) into the Hydra output dir; for YouTube-VOS, ``submission.zip`` instead of scores.
+
+    torchrun --nproc_per_node 4 -m voszoo.evaluate model=aot_l checkpoint=... data=davis2017 hydra.run.dir=out/x
+
+shards the videos over the processes (one GPU each, ``cuda:LOCAL_RANK``); rank 0 scores them all once and writes
+``metrics.json`` (see :mod:`voszoo.evaluation.sharding` and docs/evaluation.md). ``++dist_timeout=SECONDS`` (default
+1800) bounds how long a rank waits for the others.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from voszoo.cli_common import evaluate_model, hydra_entry, prepare_data, resolve_device
+
+if TYPE_CHECKING:
+    from voszoo.evaluation.sharding import EvalGroup
 
 __all__ = ["main", "evaluate"]
 
@@ -68,11 +77,53 @@ def _official_state(path: Path) -> tuple[str, dict] | None:
 
 
 def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
+    """Predict and score ``cfg``'s model on its dataset into ``output_dir``; returns the metrics written to
+    ``metrics.json``. Under ``torchrun`` every rank calls this; rank 0 alone writes and returns the metrics (the
+    others return ``{}``), into rank 0's ``output_dir``."""
+    from voszoo.engine.distributed import destroy_distributed
+    from voszoo.evaluation.sharding import DEFAULT_TIMEOUT, join_eval_group
+
+    device = resolve_device(cfg.device)
+    group = join_eval_group(
+        device_type="cuda" if device.startswith("cuda") else "cpu",
+        timeout=float(cfg.get("dist_timeout", DEFAULT_TIMEOUT)),
+    )
+    try:
+        if group is None:
+            return _evaluate(cfg, output_dir, device=device, group=None)
+        if device.startswith("cuda"):
+            device = f"cuda:{group.local_rank}"
+        return _evaluate(cfg, _shared_output_dir(group, output_dir), device=device, group=group)
+    finally:
+        destroy_distributed()
+
+
+def _shared_output_dir(group: EvalGroup, output_dir: str | Path) -> str:
+    """Rank 0's output dir (Hydra's default run dir holds a timestamp, which ranks may compute differently)."""
+    from voszoo.evaluation.sharding import gather_from_ranks
+
+    shared = gather_from_ranks(group, str(output_dir), what="to share the output dir")[0]
+    if shared != str(output_dir):
+        logger.warning(
+            "rank %d writes into rank 0's output dir %s (its own Hydra dir %s keeps only its log); pass "
+            "hydra.run.dir=... to give every rank the same one",
+            group.rank,
+            shared,
+            output_dir,
+        )
+    return shared
+
+
+def _evaluate(cfg: DictConfig, output_dir: str | Path, *, device: str, group: EvalGroup | None) -> dict[str, Any]:
+    import torch
+
     from voszoo.evaluation.pipeline import write_metrics
     from voszoo.instantiate import build
     from voszoo.models.registry import build_model
 
     prepare_data(cfg.data)
+    if cfg.checkpoint is None:
+        torch.manual_seed(0)  # the same random weights in every rank (and run)
     model = build_model(cfg.model)
     loaded = load_weights(model, cfg)
     collection = build(cfg.data.eval, key="data.eval")
@@ -81,7 +132,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         cfg.model,
         collection,
         output_dir,
-        device=resolve_device(cfg.device),
+        device=device,
         max_frames=cfg.max_frames,
         sequences=list(cfg.sequences) if cfg.sequences is not None else None,
         max_videos=cfg.max_videos,
@@ -89,7 +140,12 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         short_side=cfg.short_side,
         flip=bool(cfg.flip),
         amp=cfg.amp,
+        compile_modules=bool(cfg.get("compile", False)),
+        channels_last=bool(cfg.get("channels_last", False)),
+        group=group,
     )
+    if group is not None and not group.is_main:
+        return {}
     metrics = {"model": str(cfg.model.name), "data": str(cfg.data.name), "checkpoint": loaded}
     metrics.update({k: v for k, v in result.items() if k != "table"})
     write_metrics(output_dir, metrics)

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from voszoo.data.video import VideoCollection
-from voszoo.inference.predict import VideoPredictor, predict_collection
+from voszoo.evaluation.sharding import EvalGroup, ShardedEvaluationError, balanced_shards, gather_from_ranks
+from voszoo.inference.predict import PredictionStats, VideoPredictor, predict_collection
 
 __all__ = ["evaluate_predictor", "write_metrics"]
 
@@ -22,6 +23,7 @@ def evaluate_predictor(
     max_videos: int | None = None,
     workers: int = 2,
     progress: bool = True,
+    group: EvalGroup | None = None,
 ) -> dict[str, Any]:
     """Write ``out_dir/predictions/<seq>/<frame>.png`` and score them.
 
@@ -29,16 +31,39 @@ def evaluate_predictor(
     ``results.json`` go to ``out_dir``, and the returned dict holds ``J&F``, ``J``, ``F`` (means over objects),
     ``fps`` and ``videos``. YouTube-VOS has no public ground truth for its evaluation splits: the submission zip is
     written to ``out_dir/submission.zip`` and returned under ``submission``.
-    """
-    from voszoo.data.youtube_vos import YouTubeVOS
 
+    ``group`` (from :func:`voszoo.evaluation.sharding.join_eval_group`, every rank calling this): each rank predicts
+    its share of the videos into the shared ``out_dir``, then rank 0 alone scores them all, as one process would,
+    and returns the above plus ``world_size`` and ``fps_aggregate``; the other ranks return only their own
+    ``predictor``, ``rank``, ``videos`` and ``fps``. ``fps`` is total frames / total prediction seconds summed over
+    the ranks (the speed of one process, comparable with a single-process run); ``fps_aggregate`` is total frames
+    / the prediction seconds of the slowest rank (the throughput of the whole group).
+    """
     out_dir = Path(out_dir)
     names = list(sequences) if sequences is not None else list(collection.sequences)
     if max_videos is not None:
         names = names[:max_videos]
     predictions = out_dir / "predictions"
+    if group is not None and group.world_size > 1:
+        return _evaluate_sharded(predictor, collection, out_dir, names, group, workers=workers, progress=progress)
     stats = predict_collection(predictor, collection, predictions, sequences=names, progress=progress)
     metrics: dict[str, Any] = {"predictor": predictor.name, "videos": len(names), "fps": stats.fps}
+    return _score(collection, out_dir, names, metrics, workers=workers, progress=progress)
+
+
+def _score(
+    collection: VideoCollection,
+    out_dir: Path,
+    names: list[str],
+    metrics: dict[str, Any],
+    *,
+    workers: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """Score (or pack) the predictions of ``names`` under ``out_dir/predictions``; adds the results to ``metrics``."""
+    from voszoo.data.youtube_vos import YouTubeVOS
+
+    predictions = out_dir / "predictions"
     if isinstance(collection, YouTubeVOS):
         from voszoo.evaluation.youtube_vos import pack_submission
 
@@ -65,6 +90,74 @@ def evaluate_predictor(
     table = result.global_table()
     metrics.update({"J&F": table["J&F-Mean"], "J": table["J-Mean"], "F": table["F-Mean"], "table": table})
     return metrics
+
+
+def _evaluate_sharded(
+    predictor: VideoPredictor,
+    collection: VideoCollection,
+    out_dir: Path,
+    names: list[str],
+    group: EvalGroup,
+    *,
+    workers: int,
+    progress: bool,
+) -> dict[str, Any]:
+    """:func:`evaluate_predictor` for one rank of ``group`` (see there and :mod:`voszoo.evaluation.sharding`)."""
+    from tqdm.auto import tqdm
+
+    videos = [collection.video(name) for name in names]
+    costs = [float(video.num_frames * video.size[0] * video.size[1]) for video in videos]
+    plan = [[names[i] for i in shard] for shard in balanced_shards(costs, world_size=group.world_size)]
+    plans = gather_from_ranks(group, plan, what="to agree on the videos")
+    for rank, other in enumerate(plans):
+        if other != plan:
+            raise ShardedEvaluationError(
+                f"ranks {group.rank} and {rank} disagree on the videos to evaluate ({len(names)} and "
+                f"{sum(map(len, other))} videos): every rank must see the same dataset and sequence selection"
+            )
+    mine = plan[group.rank]
+    stats = PredictionStats(frames={}, seconds={})
+    report: dict[str, Any] = {}
+    failure: Exception | None = None
+    show = progress and group.is_main
+    bar = tqdm(
+        mine,
+        desc=f"predict {predictor.name} (rank 0 of {group.world_size})",
+        unit="video",
+        disable=None if show else True,
+    )
+    for name in bar:
+        try:
+            one = predict_collection(predictor, collection, out_dir / "predictions", sequences=[name], progress=False)
+        except Exception as error:  # noqa: BLE001 - sent to every rank, then re-raised below
+            failure = error
+            report["error"] = f"video {name!r}: {type(error).__name__}: {error}"
+            break
+        stats.frames.update(one.frames)
+        stats.seconds.update(one.seconds)
+    report.update(frames=stats.frames, seconds=stats.seconds)
+    reports = gather_from_ranks(group, report, what="to finish predicting")
+    errors = [f"rank {rank}: {other['error']}" for rank, other in enumerate(reports) if "error" in other]
+    if errors:
+        raise ShardedEvaluationError(
+            f"sharded evaluation failed on {len(errors)} rank(s): {'; '.join(errors)}"
+        ) from failure
+    if not group.is_main:
+        return {"predictor": predictor.name, "rank": group.rank, "videos": len(mine), "fps": stats.fps}
+    merged = PredictionStats(frames={}, seconds={})
+    for other in reports:
+        merged.frames.update(other["frames"])
+        merged.seconds.update(other["seconds"])
+    slowest = max(sum(other["seconds"].values()) for other in reports)
+    total = sum(merged.frames.values())
+    metrics: dict[str, Any] = {
+        "predictor": predictor.name,
+        "videos": len(names),
+        "fps": merged.fps,
+        "fps_aggregate": total / slowest if slowest > 0 else float("inf"),
+        "world_size": group.world_size,
+    }
+    return _score(collection, out_dir, names, metrics, workers=workers, progress=progress)
 
 
 def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
