@@ -3,7 +3,7 @@
 The session owns everything per-video that is not a model's business (DESIGN.md, section 3):
 resizing and padding to the model stride and back, object ids (any set, e.g. YouTube-VOS's 1, 3, 7), objects that
 first appear mid-video, more objects than a joint model's identity bank holds, horizontal-flip test-time
-augmentation, ``no_grad`` and autocast on GPU.
+augmentation, ``no_grad`` and autocast on GPU, and the opt-in fast paths of :mod:`voszoo.inference.fast_paths`.
 
 Objects are tracked in *groups*: the objects that appear on the same frame form one group (split into chunks of
 ``model.max_objects`` for joint models), and each group has its own :class:`MemoryBank` whose reference frame is
@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from voszoo.inference.fast_paths import compile_hot_modules, use_channels_last
 from voszoo.inference.memory import MemoryBank, MemoryPolicy
 from voszoo.inference.preprocess import FrameGeometry, image_to_tensor
 from voszoo.layers.aggregation import soft_aggregate
@@ -56,7 +57,10 @@ class InferenceSession:
         device: where the model runs.
         short_side: resize frames so their shorter side has this length before inference (None: original size).
         flip: average with a horizontally flipped view (each view keeps its own memory).
-        amp: autocast dtype on CUDA (``"bf16"``, ``"fp16"`` or None); ignored on CPU.
+        amp: autocast dtype on CUDA (``"bf16"``, ``"fp16"``, or None / ``"none"`` for float32); ignored on CPU.
+        compile_modules: ``torch.compile`` the model's hot submodules in place, falling back to eager per module if
+            compilation fails (:func:`~voszoo.inference.fast_paths.compile_hot_modules`, default options).
+        channels_last: channels-last weights and frames on CUDA; a no-op on CPU.
     """
 
     def __init__(
@@ -68,15 +72,20 @@ class InferenceSession:
         short_side: int | None = None,
         flip: bool = False,
         amp: str | None = None,
+        compile_modules: bool = False,
+        channels_last: bool = False,
     ) -> None:
         self.model = model.eval()
         self.policy_factory = policy_factory
         self.device = torch.device(device)
         self.short_side = short_side
         self.views = (False, True) if flip else (False,)
-        if amp not in (None, "bf16", "fp16"):
-            raise ValueError(f"amp must be None, 'bf16' or 'fp16', got {amp!r}")
-        self.amp = amp
+        if amp not in (None, "none", "bf16", "fp16"):
+            raise ValueError(f"amp must be None, 'none', 'bf16' or 'fp16', got {amp!r}")
+        self.amp = None if amp == "none" else amp
+        if compile_modules:
+            compile_hot_modules(self.model)
+        self.channels_last = use_channels_last(self.model, device=self.device) if channels_last else False
         self.geometry: FrameGeometry | None = None
         self.groups: list[_Group] = []
         self.frame_index = 0
@@ -145,6 +154,8 @@ class InferenceSession:
         geometry = self.geometry
         assert geometry is not None
         frame = geometry.to_model(image_to_tensor(image, device=self.device))
+        if self.channels_last:
+            frame = frame.contiguous(memory_format=torch.channels_last)
         view_frames = [frame.flip(-1) if flipped else frame for flipped in self.views]
         view_feats = [self.model.encode(x) for x in view_frames]
 

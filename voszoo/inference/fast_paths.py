@@ -1,0 +1,214 @@
+"""Inference fast paths: ``torch.compile`` of a model's hot submodules with an eager fallback, and channels-last.
+
+**Compilation.** :func:`compile_hot_modules` compiles the submodules where inference spends its time: the image
+encoder(s) (backbone), the matcher (STM's memory reader, SITVOS's interactive transformer, AOT's LSTT, BATMAN's
+bilateral transformer) and the decoder; :func:`hot_module_names` names them per model class. Each one's ``forward`` is
+replaced, on that module instance, by a :class:`GuardedCompile`: the module is not wrapped or re-registered, so the
+model's ``state_dict`` keys, hooks and ``isinstance`` checks are unchanged, and :func:`restore_eager` undoes it.
+Compilation happens lazily at a module's first call (``torch.compile`` semantics). If ``torch.compile`` is missing or
+refuses to wrap (unsupported Python), one warning is logged and the model stays eager. If a compiled call raises
+(e.g. inductor finds no C++ compiler, a backend fails), the call is repeated eagerly: when the eager call succeeds the
+failure was the compiler's, so one warning is logged and that module runs eagerly from then on; when the eager call
+fails too, the input is at fault and the eager error is raised, as without compilation. A failed compiled call is
+assumed to have no side effects (true of these modules at inference: they are pure functions of their inputs).
+``copy.deepcopy`` of a compiled model compiles the copy's modules anew; pickling a whole compiled model
+(``torch.save(model)``) is not supported: save its ``state_dict`` or call :func:`restore_eager` first.
+
+Recompilation: the matcher's memory grows every memorised frame, so its input shapes change; with ``dynamic=None``
+(torch's default) the second shape marks the changing dimensions dynamic and later frames reuse that graph. Past
+torch's recompile limit a module runs eagerly (torch logs a warning; ``compiled_calls`` still counts those calls).
+
+**Channels-last.** :func:`use_channels_last` converts a model's 4-D weights to ``torch.channels_last`` on CUDA, where
+cuDNN's NHWC convolutions (tensor cores under bf16/fp16) are the fast ones. On CPU it is a no-op returning False:
+the issue scopes channels-last to the GPU, and CPU speed-ups (oneDNN) were not measured here.
+
+**Autocast.** bf16/fp16 autocast on CUDA is the inference session's ``amp`` argument (``"bf16"``, ``"fp16"``, or
+``None``/``"none"``, the trainer's spelling); it is ignored on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["GuardedCompile", "compile_hot_modules", "hot_module_names", "restore_eager", "use_channels_last"]
+
+logger = logging.getLogger(__name__)
+
+
+def hot_module_names(model: nn.Module) -> tuple[str, ...]:
+    """Attribute names of ``model``'s hot submodules (those set to a module), for every voszoo model class.
+
+    STM and its subclasses MGA and MUNet: ``query_encoder``, ``memory_encoder``, ``reader``, ``decoder``. SITVOS:
+    ``encoder``, ``mask_encoder``, ``transformer``, ``decoder``. AOT and BATMAN: ``encoder``, the transformer (``LSTT``,
+    ``transformer``), ``decoder``, and BATMAN's ``flow_encoder`` if it has one. Not compiled: small projections, AOT's
+    identity bank and position embedding, MUNet's motion branch, MGA's prior, BATMAN's RAFT flow and calibration.
+    Raises ValueError for another class; pass ``names`` to :func:`compile_hot_modules` for those.
+    """
+    from voszoo.models.identity_model import IdentityVOSModel
+    from voszoo.models.sitvos import SITVOS
+    from voszoo.models.stm import STM
+
+    if isinstance(model, STM):
+        candidates: tuple[str, ...] = ("query_encoder", "memory_encoder", "reader", "decoder")
+    elif isinstance(model, SITVOS):
+        candidates = ("encoder", "mask_encoder", "transformer", "decoder")
+    elif isinstance(model, IdentityVOSModel):
+        candidates = ("encoder", "flow_encoder", model.propagator_name, "decoder")
+    else:
+        raise ValueError(
+            f"hot_module_names: no hot-module list for {type(model).__name__} (known: STM, MGA, MUNet, SITVOS, AOT, "
+            "BATMAN); pass names=[...] to compile_hot_modules"
+        )
+    return tuple(name for name in candidates if isinstance(getattr(model, name, None), nn.Module))
+
+
+class GuardedCompile:
+    """A module's compiled ``forward`` that falls back to the eager one if the compiled call fails.
+
+    Installed as the ``forward`` attribute of one module instance by :func:`compile_hot_modules`. Attributes:
+    ``name`` (the submodule's name), ``options`` (``mode``, ``backend``, ``dynamic`` as given), ``eager`` (the
+    original bound ``forward``), ``failed`` (True once the module fell back to eager), ``compiled_calls`` (calls served
+    by the compiled function; a recompile-limit fallback inside torch still counts).
+    """
+
+    def __init__(self, eager: Callable[..., Any], compiled: Callable[..., Any], *, name: str, options: dict) -> None:
+        self.eager = eager
+        self.compiled = compiled
+        self.name = name
+        self.options = dict(options)
+        self.failed = False
+        self.compiled_calls = 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failed:
+            return self.eager(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001 - told apart from an input error by the eager retry below
+            out = self.eager(*args, **kwargs)  # raises (the caller's problem) if the input is at fault
+            self.failed = True
+            logger.warning(
+                "torch.compile of %s failed (%s); running %s eagerly from now on",
+                self.name,
+                _describe(error),
+                self.name,
+            )
+            return out
+        self.compiled_calls += 1
+        return out
+
+    def __deepcopy__(self, memo: dict) -> GuardedCompile:
+        """A copied model (e.g. an EMA copy) gets its own compiled forward, bound to the copied module."""
+        eager = copy.deepcopy(self.eager, memo)  # a bound method: its module comes from the memo, i.e. the copy
+        twin = GuardedCompile(eager, torch.compile(eager, **self.options), name=self.name, options=self.options)
+        twin.failed = self.failed
+        return twin
+
+    def __repr__(self) -> str:
+        state = "eager fallback" if self.failed else f"{self.compiled_calls} compiled calls"
+        return f"GuardedCompile({self.name}, {self.options}, {state})"
+
+
+def _describe(error: BaseException) -> str:
+    """``"Outer: Root: first line of the root cause"`` of a chained error (dynamo wraps the backend's error)."""
+    root = error
+    for _ in range(10):  # bounded: a cause chain could loop
+        inner = root.__cause__ or getattr(root, "inner_exception", None)
+        if not isinstance(inner, BaseException):
+            break
+        root = inner
+    lines = str(root).strip().splitlines()
+    text = f"{type(root).__name__}: {lines[0][:300] if lines else ''}"
+    return text if root is error else f"{type(error).__name__}: {text}"
+
+
+def compile_hot_modules(
+    model: nn.Module,
+    *,
+    names: Sequence[str] | None = None,
+    mode: str | None = None,
+    backend: str | Callable[..., Any] = "inductor",
+    dynamic: bool | None = None,
+) -> dict[str, GuardedCompile]:
+    """Compile ``model``'s hot submodules in place, each with an eager fallback (see the module docstring).
+
+    Args:
+        model: any module; its submodules ``names`` (dotted paths allowed) get a :class:`GuardedCompile` forward.
+        names: submodules to compile; None: :func:`hot_module_names` of the model's class.
+        mode: ``torch.compile`` mode (None: default; ``"reduce-overhead"``, ``"max-autotune"`` on GPU).
+        backend: ``torch.compile`` backend (``"inductor"``; ``"aot_eager"``/``"eager"`` trace without generating
+            code; or a backend callable).
+        dynamic: ``torch.compile``'s ``dynamic`` (None: automatic dynamic shapes after the first recompile).
+
+    Returns {name: GuardedCompile} of the compiled submodules; {} if ``torch.compile`` is unavailable (one warning).
+    Idempotent: a submodule already compiled with the same options keeps its wrapper (and torch's compiled graphs),
+    one compiled with other options is recompiled.
+    """
+    if names is None:
+        names = hot_module_names(model)
+    if isinstance(names, str):
+        raise ValueError(f"compile_hot_modules: names must be a sequence of submodule names, got the string {names!r}")
+    modules = {}
+    for name in names:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            children = [child for child, _ in model.named_children()]
+            raise ValueError(
+                f"compile_hot_modules: {type(model).__name__} has no submodule {name!r}; its children: {children}"
+            ) from None
+        modules[name] = module
+    options = {"mode": mode, "backend": backend, "dynamic": dynamic}
+    compile_fn = getattr(torch, "compile", None)
+    wrappers: dict[str, GuardedCompile] = {}
+    installed: list[nn.Module] = []
+    for name, module in modules.items():
+        current = module.__dict__.get("forward")
+        if isinstance(current, GuardedCompile):
+            if current.options == options:
+                wrappers[name] = current
+                continue
+            del module.forward
+        eager = module.forward
+        try:
+            if compile_fn is None:
+                raise RuntimeError(f"torch {torch.__version__} has no torch.compile")
+            compiled = compile_fn(eager, **options)
+        except Exception as error:  # noqa: BLE001 - unavailable compiler: stay eager, say so once
+            logger.warning("torch.compile is unavailable (%s: %s); the model runs eagerly", type(error).__name__, error)
+            for done in installed:
+                del done.forward
+            return {}
+        wrapper = GuardedCompile(eager, compiled, name=name, options=options)
+        module.forward = wrapper  # an instance attribute: nn.Module.__call__ calls it, the class is untouched
+        installed.append(module)
+        wrappers[name] = wrapper
+    return wrappers
+
+
+def restore_eager(model: nn.Module) -> list[str]:
+    """Remove every :class:`GuardedCompile` forward from ``model``'s submodules; returns their names."""
+    restored = []
+    for name, module in model.named_modules():
+        if isinstance(module.__dict__.get("forward"), GuardedCompile):
+            del module.forward
+            restored.append(name)
+    return restored
+
+
+def use_channels_last(model: nn.Module, *, device: torch.device | str) -> bool:
+    """Convert ``model``'s 4-D parameters and buffers to ``torch.channels_last`` if ``device`` is CUDA.
+
+    Returns True if converted, False on any other device (a no-op: see the module docstring). Inputs should then be
+    made channels-last too (``x.contiguous(memory_format=torch.channels_last)``), which the inference session does.
+    """
+    if torch.device(device).type != "cuda":
+        return False
+    model.to(memory_format=torch.channels_last)
+    return True
