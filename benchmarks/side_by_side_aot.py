@@ -1,0 +1,210 @@
+"""AOT side by side with the official code (github.com/yoxu515/aot-benchmark, pure-PyTorch path): same weights,
+same frames, same memory schedule; logit agreement, FPS and peak memory of each.
+
+For every preset (``--models``, default ``aot_t aot_l r50_aot_l``; official configs ``aott``, ``aotl``,
+``r50_aotl``) the official ``AOT`` model is built from the checkout given as the first argument
+(``configs.default.DefaultEngineConfig`` + ``networks.models.build_vos_model``) with a seeded random
+initialisation, and its state dict is converted into the voszoo preset by
+:func:`voszoo.models.convert_aot.load_official_aot` (strict). Both run the same synthetic ToyVOS video
+(``--size``, default 480x854; ``--frames``), each through its own inference loop: the official
+``AOTInferEngine`` driven as ``networks/managers/evaluator.py`` drives it (``add_reference_frame``, then per frame
+``match_propogate_one_frame``, ``decode_current_logits``, softmax, argmax, ``update_memory`` with the label map;
+long-term gap ``TEST_LONG_TERM_MEM_GAP``, short-term skip ``TEST_SHORT_TERM_MEM_SKIP``), and voszoo's
+:class:`~voszoo.inference.session.InferenceSession` with the preset's memory policy. Each side runs in its own
+child process. Reported per preset: max |logit difference| per frame, absolute and relative to the largest |official
+logit| (the N+1 channels of the video's objects; the official ones for unused identities are -1e10), argmax
+agreement, FPS of each and voszoo/official, and peak memory growth of each (``voszoo.profiling``'s measure).
+
+What the official code needs here, done at run time (the checkout is never edited, nothing of it is copied):
+
+- the official package names ``configs``, ``networks`` and ``utils`` are imported from the checkout (prepended to
+  ``sys.path`` in the child); they need only torch, numpy and pillow;
+- ``spatial_correlation_sampler`` (a CUDA extension) is not used: the LSTT's short-term attention is built as the
+  official ``MultiheadLocalAttentionV2`` with ``enable_corr=False``, its pure-PyTorch unfold branch, by replacing
+  the names ``MultiheadLocalAttentionV2``/``V3`` in ``networks.layers.transformer`` before the model is built. The
+  checkout's own fallback, ``MultiheadLocalAttentionV3``, cannot run at the current official commit (a shape error
+  in ``output = agg_value + agg_bias``: the 2021 fix of commit 2470858 was undone by the DeAOT release a2debb5);
+  ``--official-local-attention as-is`` keeps whatever the checkout chooses.
+
+Both sides see the same input tensor: the frame normalised and zero-padded right/bottom to a multiple of 16, as
+voszoo's session prepares it (the official evaluator instead resizes frames to 16k+1 sides with OpenCV; that
+difference of the two pipelines is left out of the comparison on purpose). docs/side_by_side.md has the details.
+
+    python benchmarks/side_by_side_aot.py /path/to/aot-benchmark --size 96x160 --frames 4 --json /tmp/aot.json
+    python benchmarks/side_by_side_aot.py /path/to/aot-benchmark --threads 2          # 480x854, 12 frames
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from benchmarks import side_by_side_common as common  # python -m benchmarks.side_by_side_aot
+except ImportError:
+    import side_by_side_common as common  # python benchmarks/side_by_side_aot.py
+
+OFFICIAL_CONFIGS = {"aot_t": "aott", "aot_s": "aots", "aot_b": "aotb", "aot_l": "aotl", "r50_aot_l": "r50_aotl"}
+"""voszoo preset -> official ``configs/models/<name>.py``."""
+DEFAULT_MODELS = ("aot_t", "aot_l", "r50_aot_l")
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "side_by_side_aot.json"
+REPO = "github.com/yoxu515/aot-benchmark"
+
+
+def _official_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the official model (seeded random init), save its state dict, run the official engine."""
+    device = torch.device(args.device)
+    attention, transformer, config_module, models, engines = common.import_from_checkout(
+        args.checkout,
+        [
+            "networks.layers.attention",
+            "networks.layers.transformer",
+            "configs.default",
+            "networks.models",
+            "networks.engines",
+        ],
+        marker="networks/engines/aot_engine.py",
+        repo=REPO,
+    )
+    patches = []
+    if args.official_local_attention == "v2-unfold":
+        pure = functools.partial(attention.MultiheadLocalAttentionV2, enable_corr=False)
+        transformer.MultiheadLocalAttentionV2 = pure
+        transformer.MultiheadLocalAttentionV3 = pure
+        patches.append(
+            "networks.layers.transformer.MultiheadLocalAttentionV2/V3 -> MultiheadLocalAttentionV2(enable_corr=False)"
+        )
+    cfg = config_module.DefaultEngineConfig(exp_name="side_by_side", model=OFFICIAL_CONFIGS[args.model])
+    torch.manual_seed(args.seed)
+    model = models.build_vos_model(cfg.MODEL_VOS, cfg).to(device).eval()
+    torch.save(model.state_dict(), args.workdir / "official_state.pt")
+    engine = engines.build_engine(
+        cfg.MODEL_ENGINE,
+        phase="eval",
+        aot_model=model,
+        gpu_id=device.index or 0,
+        long_term_mem_gap=cfg.TEST_LONG_TERM_MEM_GAP,
+        short_term_mem_skip=cfg.TEST_SHORT_TERM_MEM_SKIP,
+    ).eval()
+    images, labels = common.load_video(args.workdir / "video.npz")
+    num_objects = int(labels.max())
+    inputs = common.ModelInput(args.size, stride=16, device=device)
+
+    @torch.no_grad()
+    def step(t: int) -> torch.Tensor | None:
+        frame = inputs.frame(images[t])
+        if t == 0:
+            engine.add_reference_frame(frame, inputs.labels(labels), frame_step=0, obj_nums=[num_objects])
+            return None
+        engine.match_propogate_one_frame(frame)
+        logits = engine.decode_current_logits(inputs.padded)  # (1, M+1, hp, wp); the frame is the padded input
+        label = torch.argmax(torch.softmax(logits, dim=1), dim=1, keepdim=True).float()
+        engine.update_memory(F.interpolate(label, size=engine.input_size_2d, mode="nearest"))  # MODEL_USE_PREV_PROB
+        inputs.crop(label).to(torch.uint8).cpu()  # the label map the evaluator saves
+        return inputs.crop(logits[0, : num_objects + 1])
+
+    result = common.run_timed(len(images), step, out_dir=args.workdir / "official", warmup=args.warmup, device=device)
+    return result | {
+        "implementation": f"{REPO} AOTInferEngine, config {OFFICIAL_CONFIGS[args.model]}",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "memory_schedule": {
+            "long_term_gap": cfg.TEST_LONG_TERM_MEM_GAP,
+            "short_term_skip": cfg.TEST_SHORT_TERM_MEM_SKIP,
+        },
+        "local_attention": type(model.LSTT.layers[0].short_term_attn).__name__
+        + ("(enable_corr=False)" if args.official_local_attention == "v2-unfold" else ""),
+        "runtime_patches": patches,
+        "use_prev_prob": bool(cfg.MODEL_USE_PREV_PROB),
+        "model_input": list(inputs.padded),
+    }
+
+
+def _voszoo_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the voszoo preset, load the official state dict through the converter, run InferenceSession."""
+    from voszoo.inference.memory import EveryN
+    from voszoo.inference.session import InferenceSession
+    from voszoo.models.convert_aot import load_official_aot
+    from voszoo.models.registry import build_memory_policy, build_model
+
+    device = torch.device(args.device)
+    cfg = common.voszoo_preset(args.model)
+    model = build_model(cfg)
+    conversion = load_official_aot(model, args.workdir / "official_state.pt", strict=True)
+    model = model.to(device).eval()
+    holder = common.record_segment_logits(model)
+    session = InferenceSession(model, policy_factory=lambda: build_memory_policy(cfg), device=device)
+    images, labels = common.load_video(args.workdir / "video.npz")
+    inputs = common.ModelInput(args.size, stride=model.stride, device=device)
+
+    def step(t: int) -> torch.Tensor | None:
+        session.step(images[t], labels if t == 0 else None)
+        return None if t == 0 else inputs.crop(holder.pop("logits")[0])
+
+    result = common.run_timed(len(images), step, out_dir=args.workdir / "voszoo", warmup=args.warmup, device=device)
+    policy = build_memory_policy(cfg)
+    return result | {
+        "implementation": f"voszoo {args.model} through InferenceSession",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "memory_schedule": {"policy": repr(policy), "long_term_gap": policy.n if isinstance(policy, EveryN) else None},
+        "conversion": str(conversion).splitlines()[0].split(": ", 1)[-1],  # without the temporary path
+        "model_input": list(inputs.padded),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="side_by_side_aot.py",
+        description="AOT presets next to the official aot-benchmark code (pure-PyTorch path) with the same weights "
+        "and frames: max logit difference per frame, FPS and peak memory of each. See docs/side_by_side.md.",
+    )
+    common.add_common_arguments(parser, default_out=DEFAULT_OUT)
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        default=list(DEFAULT_MODELS),
+        choices=sorted(OFFICIAL_CONFIGS),
+        help=f"voszoo AOT presets (default: {' '.join(DEFAULT_MODELS)})",
+    )
+    parser.add_argument(
+        "--official-local-attention",
+        choices=("v2-unfold", "as-is"),
+        default="v2-unfold",
+        help="official short-term attention: MultiheadLocalAttentionV2's pure-PyTorch branch (default) or whatever "
+        "the checkout picks (V3 without spatial_correlation_sampler, broken at the current official commit)",
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        common.check_arguments(args)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        if args.child is not None:  # one side, in its own process (see side_by_side_common.run_presets)
+            side = _official_side if args.child == "official" else _voszoo_side
+            common.write_child_result(args.workdir, args.child, side(args))
+            return 0
+        if not (Path(args.checkout).expanduser() / "networks" / "engines" / "aot_engine.py").is_file():
+            raise ValueError(f"{args.checkout} is not a checkout of {REPO} (no networks/engines/aot_engine.py)")
+        extra = ["--official-local-attention", args.official_local_attention]
+        rows = common.run_presets(script=Path(__file__).resolve(), args=args, presets=args.models, child_extra=extra)
+    except ValueError as error:
+        print(f"side_by_side_aot: {error}", file=sys.stderr)
+        return 2
+    for row in rows:
+        if row["status"] == "ok":
+            official, voszoo = row["official"]["memory_schedule"], row["voszoo"]["memory_schedule"]
+            row["same_memory_schedule"] = official["long_term_gap"] == voszoo["long_term_gap"]
+    return common.report(rows, out=args.json, prog="side_by_side_aot")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

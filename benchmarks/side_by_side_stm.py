@@ -1,0 +1,202 @@
+"""STM side by side with the official code (github.com/seoungwugoh/STM): same weights, same frames, same memory
+schedule; logit agreement, FPS and peak memory of each.
+
+The official ``STM`` model (``model.py`` of the checkout given as the first argument) is built with a seeded random
+initialisation and its state dict is converted into the voszoo preset ``stm`` by
+:func:`voszoo.models.convert.load_official_stm` (strict). Both run the same synthetic ToyVOS video (``--size``,
+default 480x854; ``--frames``), each through its own inference loop: the official one as ``eval_DAVIS.py``'s
+``Run_video`` does it (that file parses arguments and reads DAVIS at import, so its loop is followed here, not
+imported: a soft-probability buffer ``Es`` for the whole video; at frame t, memorise frame t-1 with ``Es[t-1]``,
+read the kept frames plus frame t-1, ``Es[t] = softmax(logit)``, keep frame t-1 if it is a multiple of
+``Mem_every = 5``), and voszoo's :class:`~voszoo.inference.session.InferenceSession` with the preset's memory policy
+(``every_n``, n = 5). Each side runs in its own child process. Reported: max |logit difference| per frame, absolute
+and relative to the largest |official logit|, argmax agreement, FPS of each and voszoo/official, and peak memory
+growth of each (``voszoo.profiling``'s measure).
+
+What the official code needs here, done at run time (the checkout is never edited, nothing of it is copied):
+
+- ``model.py`` and ``helpers.py`` import ``cv2`` and ``matplotlib.pyplot`` at the top but the model never calls
+  them: when they are not installed, empty stub modules stand in for them;
+- the encoders call ``torchvision.models.resnet50(pretrained=True)``, which downloads ImageNet weights; while the
+  model is built, ``torchvision.models.resnet50`` is replaced by a builder with ``weights=None`` (random init, the
+  point of this comparison: the weights only have to be the same on both sides);
+- ``helpers.ToCuda`` moves tensors to CUDA whenever CUDA is available, so on ``--device cpu`` the child processes
+  see no GPU (``CUDA_VISIBLE_DEVICES=""``).
+
+Both sides see the same input tensor: the frame normalised and zero-padded right/bottom to a multiple of 16, as
+voszoo's session prepares it; the official model, which normalises inside, gets that tensor de-normalised
+(the official ``pad_divide_by`` would pad both sides of a raw [0, 1] frame with black instead). The soft-probability
+buffer has N+1 channels (the official DAVIS loader pads it to 11, whose extra channels, at logit log(1e-7), change
+the probabilities by less than 1e-6). docs/side_by_side.md has the details.
+
+    python benchmarks/side_by_side_stm.py /path/to/STM --size 96x160 --frames 4 --json /tmp/stm.json
+    python benchmarks/side_by_side_stm.py /path/to/STM --threads 2          # 480x854, 12 frames
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from benchmarks import side_by_side_common as common  # python -m benchmarks.side_by_side_stm
+except ImportError:
+    import side_by_side_common as common  # python benchmarks/side_by_side_stm.py
+
+MEM_EVERY = 5
+"""``Mem_every`` of the official ``eval_DAVIS.py`` (the voszoo preset's ``every_n`` policy has n = 5)."""
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "side_by_side_stm.json"
+REPO = "github.com/seoungwugoh/STM"
+
+
+@contextlib.contextmanager
+def _resnet50_without_download() -> Iterator[None]:
+    """While active, ``torchvision.models.resnet50(pretrained=...)`` builds a randomly initialised ResNet-50."""
+    import torchvision
+
+    original = torchvision.models.resnet50
+
+    def random_resnet50(*args: Any, pretrained: bool = False, **kwargs: Any) -> torch.nn.Module:
+        kwargs.pop("weights", None)
+        return original(weights=None)
+
+    torchvision.models.resnet50 = random_resnet50
+    try:
+        yield
+    finally:
+        torchvision.models.resnet50 = original
+
+
+def _official_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the official model (seeded random init), save its state dict, run Run_video's loop."""
+    device = torch.device(args.device)
+    stubbed = common.stub_missing_modules(["cv2", "matplotlib", "matplotlib.pyplot"])
+    (official_module,) = common.import_from_checkout(args.checkout, ["model"], marker="eval_DAVIS.py", repo=REPO)
+    torch.manual_seed(args.seed)
+    with _resnet50_without_download():
+        model = official_module.STM()
+    model = model.to(device).eval()
+    torch.save(model.state_dict(), args.workdir / "official_state.pt")
+    images, labels = common.load_video(args.workdir / "video.npz")
+    num_objects = int(labels.max())
+    channels = num_objects + 1
+    inputs = common.ModelInput(args.size, stride=16, device=device)
+    to_memorize = set(range(0, len(images), MEM_EVERY))
+    count = torch.tensor([num_objects])
+    state: dict[str, Any] = {}
+
+    @torch.no_grad()
+    def step(t: int) -> torch.Tensor | None:
+        frame = inputs.raw(images[t])  # the official model normalises inside
+        if t == 0:
+            probs = torch.zeros(1, channels, len(images), *inputs.padded, device=device)  # Run_video's Es
+            reference = inputs.labels(labels)[0, 0].long()
+            probs[0, :, 0] = F.one_hot(reference, channels).permute(2, 0, 1).float()
+            state.update(probs=probs, previous=frame)
+            return None
+        probs = state["probs"]
+        key, value = model(state["previous"], probs[:, :, t - 1], count)  # memorise frame t-1
+        if t - 1 == 0:
+            keys, values = key, value
+        else:
+            keys, values = torch.cat([state["keys"], key], dim=3), torch.cat([state["values"], value], dim=3)
+        logits = model(frame, keys, values, count)  # (1, N+1, hp, wp) soft-aggregated logits
+        probs[:, :, t] = F.softmax(logits, dim=1)
+        if t - 1 in to_memorize:
+            state.update(keys=keys, values=values)
+        state["previous"] = frame
+        inputs.crop(probs[0, :, t].argmax(dim=0)).to(torch.uint8).cpu()  # the frame's label map
+        return inputs.crop(logits[0])
+
+    result = common.run_timed(len(images), step, out_dir=args.workdir / "official", warmup=args.warmup, device=device)
+    return result | {
+        "implementation": f"{REPO} model.STM, eval_DAVIS.py Run_video loop",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "memory_schedule": {"long_term_gap": MEM_EVERY, "previous_frame": True},
+        "stubbed_modules": stubbed,
+        "runtime_patches": ["torchvision.models.resnet50(pretrained=True) -> resnet50(weights=None) while building"],
+        "model_input": list(inputs.padded),
+    }
+
+
+def _voszoo_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the voszoo preset, load the official state dict through the converter, run InferenceSession."""
+    from voszoo.inference.memory import EveryN
+    from voszoo.inference.session import InferenceSession
+    from voszoo.models.convert import load_official_stm
+    from voszoo.models.registry import build_memory_policy, build_model
+
+    device = torch.device(args.device)
+    cfg = common.voszoo_preset(args.model)
+    model = build_model(cfg)
+    conversion = load_official_stm(model, args.workdir / "official_state.pt", strict=True)
+    model = model.to(device).eval()
+    holder = common.record_segment_logits(model)
+    session = InferenceSession(model, policy_factory=lambda: build_memory_policy(cfg), device=device)
+    images, labels = common.load_video(args.workdir / "video.npz")
+    inputs = common.ModelInput(args.size, stride=model.stride, device=device)
+
+    def step(t: int) -> torch.Tensor | None:
+        session.step(images[t], labels if t == 0 else None)
+        return None if t == 0 else inputs.crop(holder.pop("logits")[0])
+
+    result = common.run_timed(len(images), step, out_dir=args.workdir / "voszoo", warmup=args.warmup, device=device)
+    policy = build_memory_policy(cfg)
+    return result | {
+        "implementation": f"voszoo {args.model} through InferenceSession",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "memory_schedule": {
+            "policy": repr(policy),
+            "long_term_gap": policy.n if isinstance(policy, EveryN) else None,
+            "previous_frame": policy.reads_short_term,
+        },
+        "conversion": str(conversion).splitlines()[0].split(": ", 1)[-1],  # without the temporary path
+        "model_input": list(inputs.padded),
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="side_by_side_stm.py",
+        description="voszoo's STM next to the official STM code with the same weights and frames: max logit "
+        "difference per frame, FPS and peak memory of each. See docs/side_by_side.md.",
+    )
+    common.add_common_arguments(parser, default_out=DEFAULT_OUT)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.model is None:
+        args.model = "stm"
+    try:
+        common.check_arguments(args)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        if args.child is not None:  # one side, in its own process (see side_by_side_common.run_presets)
+            side = _official_side if args.child == "official" else _voszoo_side
+            common.write_child_result(args.workdir, args.child, side(args))
+            return 0
+        if not (Path(args.checkout).expanduser() / "eval_DAVIS.py").is_file():
+            raise ValueError(f"{args.checkout} is not a checkout of {REPO} (no eval_DAVIS.py)")
+        rows = common.run_presets(script=Path(__file__).resolve(), args=args, presets=["stm"])
+    except ValueError as error:
+        print(f"side_by_side_stm: {error}", file=sys.stderr)
+        return 2
+    for row in rows:
+        if row["status"] == "ok":
+            official, voszoo = row["official"]["memory_schedule"], row["voszoo"]["memory_schedule"]
+            row["same_memory_schedule"] = official == {key: voszoo.get(key) for key in official}
+    return common.report(rows, out=args.json, prog="side_by_side_stm")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
