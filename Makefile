@@ -8,7 +8,7 @@ INSTALL_INPUTS := pyproject.toml constraints.txt
 # pytest workers and thread counts for the 2-core CI machine
 PYTEST_ARGS ?=
 
-.PHONY: demo leaderboard test lint format install clean-venv
+.PHONY: demo leaderboard bench test lint format install clean-venv
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,14 @@ demo: $(VENV)/.stamp-run
 ## make leaderboard: every method trained with its quick experiment on ToyVOS, profiled at 480p (hours on a CPU).
 leaderboard: $(VENV)/.stamp-run
 	$(VENV)/bin/voszoo-bench --config-name leaderboard
+
+## make bench: the performance benchmarks of docs/performance.md (JSON + Markdown in benchmarks/results; hours on a CPU).
+bench: $(VENV)/.stamp-run
+	$(PY) benchmarks/bench_inference.py --out benchmarks/results/inference.json
+	$(PY) benchmarks/bench_long_video.py --out benchmarks/results/long_video.json
+	$(PY) benchmarks/bench_train_throughput.py
+	$(PY) benchmarks/bench_local_attention.py
+	$(PY) benchmarks/bench_aot_fps.py
 
 ## make test: install voszoo[test] and run the whole test suite.
 test: $(VENV)/.stamp-test
