@@ -76,26 +76,10 @@ def render_video(size: tuple[int, int], *, frames: int, seed: int) -> tuple[np.n
 
 
 def preset_config(name: str, overrides: list[str]) -> Any:
-    """The composed config of preset ``name`` with every ``weights`` key set to null (random initialisation)."""
-    from omegaconf import DictConfig, ListConfig
+    """The composed config of preset ``name`` with random initialisation (every ``weights`` key null)."""
+    from voszoo.models.registry import random_weights_config
 
-    from voszoo.models.registry import compose_model_config
-
-    cfg = compose_model_config(name, overrides)
-
-    def randomise(node: Any) -> None:
-        if isinstance(node, DictConfig):
-            for key in node.keys():
-                if key == "weights":
-                    node[key] = None
-                else:
-                    randomise(node.get(key))
-        elif isinstance(node, ListConfig):
-            for item in node:
-                randomise(item)
-
-    randomise(cfg)
-    return cfg
+    return random_weights_config(name, overrides)
 
 
 # -- machine --------------------------------------------------------------------------------------------------------

@@ -72,26 +72,10 @@ def ping_pong(count: int, frames: int) -> list[int]:
 
 
 def preset_config(name: str) -> Any:
-    """The composed config of preset ``name`` with every ``weights`` key set to null (random initialisation)."""
-    from omegaconf import DictConfig, ListConfig
+    """The composed config of preset ``name`` with random initialisation (every ``weights`` key null)."""
+    from voszoo.models.registry import random_weights_config
 
-    from voszoo.models.registry import compose_model_config
-
-    cfg = compose_model_config(name)
-
-    def randomise(node: Any) -> None:
-        if isinstance(node, DictConfig):
-            for key in node.keys():
-                if key == "weights":
-                    node[key] = None
-                else:
-                    randomise(node.get(key))
-        elif isinstance(node, ListConfig):
-            for item in node:
-                randomise(item)
-
-    randomise(cfg)
-    return cfg
+    return random_weights_config(name)
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:

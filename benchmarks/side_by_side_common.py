@@ -472,27 +472,11 @@ def report(rows: list[dict[str, Any]], *, out: Path, prog: str) -> int:
 
 
 def voszoo_preset(name: str) -> Any:
-    """The composed config of voszoo preset ``name`` with every ``weights`` key set to null: the encoders start
-    random (nothing is downloaded) and are overwritten by the converted official state dict anyway."""
-    from omegaconf import DictConfig, ListConfig
+    """The composed config of voszoo preset ``name`` with every ``weights`` key null: the encoders start random
+    (nothing is downloaded) and are overwritten by the converted official state dict anyway."""
+    from voszoo.models.registry import random_weights_config
 
-    from voszoo.models.registry import compose_model_config
-
-    cfg = compose_model_config(name)
-
-    def randomise(node: Any) -> None:
-        if isinstance(node, DictConfig):
-            for key in node.keys():
-                if key == "weights":
-                    node[key] = None
-                else:
-                    randomise(node.get(key))
-        elif isinstance(node, ListConfig):
-            for item in node:
-                randomise(item)
-
-    randomise(cfg)
-    return cfg
+    return random_weights_config(name)
 
 
 def record_segment_logits(model: torch.nn.Module) -> dict[str, Tensor]:

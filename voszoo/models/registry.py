@@ -14,7 +14,7 @@ import re
 from typing import Any
 
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from voszoo.instantiate import ConfigError, build
 
@@ -157,3 +157,23 @@ def _override_value(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ",".join(_override_value(v) for v in value) + "]"
     return str(value)
+
+
+def random_weights_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The composed config of preset ``name`` with every ``weights`` key set to null, so that nothing is loaded or
+    downloaded and every module starts from random initialisation (benchmarks of speed and memory)."""
+    cfg = compose_model_config(name, overrides)
+
+    def clear(node: Any) -> None:
+        if isinstance(node, DictConfig):
+            for key in node.keys():
+                if key == "weights":
+                    node[key] = None
+                else:
+                    clear(node.get(key))
+        elif isinstance(node, ListConfig):
+            for item in node:
+                clear(item)
+
+    clear(cfg)
+    return cfg
