@@ -45,7 +45,6 @@ import torch
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_JSON = RESULTS / "train_throughput.json"
 DEFAULT_MARKDOWN = RESULTS / "train_throughput.md"
-_NOT_TRAINER_ARGS = ("eval_every",)  # conf/trainer keys that voszoo.train handles itself
 
 
 # -- configuration -------------------------------------------------------------------------------------------------
@@ -89,40 +88,6 @@ def run_overrides(model: str, experiments: dict[str, str], args: argparse.Namesp
     return [*base, *extra, *args.override]
 
 
-def build_run(cfg: Any) -> dict[str, Any]:
-    """Model, dataset, optimizer, schedule and Trainer arguments of ``cfg``, built as ``voszoo.train.train`` does."""
-    from omegaconf import OmegaConf
-
-    from voszoo.engine import build_optimizer, seed_everything
-    from voszoo.engine.trainer import resolve_device
-    from voszoo.instantiate import build
-    from voszoo.models.registry import build_model
-
-    seed_everything(int(cfg.seed))
-    model = build_model(cfg.model)
-    dataset = build(cfg.data.train, key="data.train")
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    optimizer = build_optimizer(
-        model,
-        name=optim["name"],
-        lr=optim["lr"],
-        weight_decay=optim["weight_decay"],
-        betas=tuple(optim["betas"]),
-        encoder_lr_mult=optim["encoder_lr_mult"],
-    )
-    trainer_args = {
-        k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in _NOT_TRAINER_ARGS
-    }
-    trainer_args["device"] = resolve_device(trainer_args.get("device", "auto"))
-    max_steps = int(trainer_args["max_steps"])
-    warmup = cfg.schedule.get("warmup_steps")
-    schedule_args: dict[str, Any] = {"base_lr": optim["lr"], "total_steps": max_steps}
-    if warmup is not None and int(warmup) > max_steps:
-        schedule_args["warmup_steps"] = max_steps
-    schedule = build(cfg.schedule, key="schedule", **schedule_args)
-    return {"model": model, "dataset": dataset, "optimizer": optimizer, "schedule": schedule, "args": trainer_args}
-
-
 # -- measurements --------------------------------------------------------------------------------------------------
 def _step_clock():
     from voszoo.engine import Hook
@@ -160,6 +125,7 @@ def _timing(stamps: list[float], *, warmup: int, samples_per_step: int) -> dict[
 def time_trainer(cfg: Any, *, preloaded: bool, steps: int, warmup: int) -> dict[str, Any]:
     """``Trainer.fit`` for ``warmup + steps`` steps on the real dataset, or on one preloaded batch repeated."""
     from voszoo.engine import Trainer
+    from voszoo.train import build_run
     from voszoo.types import collate_clips
 
     run = build_run(cfg)
@@ -199,6 +165,7 @@ def time_data_only(cfg: Any, *, steps: int, warmup: int) -> dict[str, Any]:
 
     from voszoo.engine.distributed import shard_indices
     from voszoo.engine.trainer import resolve_device
+    from voszoo.train import build_run
     from voszoo.types import collate_clips
 
     run = build_run(cfg)

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from voszoo.cli_common import evaluate_model, hydra_entry, prepare_data, resolve_device
 
-__all__ = ["main", "train"]
+__all__ = ["build_run", "main", "train"]
 
 logger = logging.getLogger("voszoo.train")
 
@@ -30,45 +30,17 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         EvalHook,
         Trainer,
         WandbHook,
-        build_optimizer,
         destroy_distributed,
-        seed_everything,
     )
     from voszoo.evaluation.pipeline import write_metrics
     from voszoo.instantiate import build
-    from voszoo.models.registry import build_model
     from voszoo.types import collate_clips
 
     output_dir = Path(output_dir)
-    seed_everything(int(cfg.seed))
     prepare_data(cfg.data)
-    model = build_model(cfg.model)
-    dataset = build(cfg.data.train, key="data.train")
-    optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    optimizer = build_optimizer(
-        model,
-        name=optim["name"],
-        lr=optim["lr"],
-        weight_decay=optim["weight_decay"],
-        betas=tuple(optim["betas"]),
-        encoder_lr_mult=optim["encoder_lr_mult"],
-    )
-    max_steps = int(cfg.trainer.max_steps)
-    schedule_args: dict[str, Any] = {"base_lr": optim["lr"], "total_steps": max_steps}
-    warmup = cfg.schedule.get("warmup_steps")
-    if warmup is not None and int(warmup) > max_steps:  # e.g. a 3-step smoke run of a preset with a 100-step warm-up
-        logger.warning(
-            "schedule.warmup_steps=%d exceeds trainer.max_steps=%d: warming up over %d steps",
-            warmup,
-            max_steps,
-            max_steps,
-        )
-        schedule_args["warmup_steps"] = max_steps
-    schedule = build(cfg.schedule, key="schedule", **schedule_args)
-    trainer_args = {
-        k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in _NOT_TRAINER_ARGS
-    }
-    trainer_args["device"] = resolve_device(trainer_args.get("device", "auto"))
+    run = build_run(cfg)
+    model, dataset, optimizer, schedule = run["model"], run["dataset"], run["optimizer"], run["schedule"]
+    trainer_args = run["args"]
 
     hooks: list[Any] = []
     if cfg.logger.get("wandb"):
@@ -124,6 +96,45 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         logger.info("metrics: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
     destroy_distributed()
     return metrics
+
+
+def build_run(cfg: DictConfig) -> dict[str, Any]:
+    """The model, training dataset, optimizer, schedule and :class:`Trainer` keyword arguments (``"args"``, device
+    resolved) of a composed ``voszoo-train`` config; seeds first. Shared by :func:`train` and the throughput
+    benchmark."""
+    from voszoo.engine import build_optimizer, seed_everything
+    from voszoo.instantiate import build
+    from voszoo.models.registry import build_model
+
+    seed_everything(int(cfg.seed))
+    model = build_model(cfg.model)
+    dataset = build(cfg.data.train, key="data.train")
+    optim = OmegaConf.to_container(cfg.optim, resolve=True)
+    optimizer = build_optimizer(
+        model,
+        name=optim["name"],
+        lr=optim["lr"],
+        weight_decay=optim["weight_decay"],
+        betas=tuple(optim["betas"]),
+        encoder_lr_mult=optim["encoder_lr_mult"],
+    )
+    max_steps = int(cfg.trainer.max_steps)
+    schedule_args: dict[str, Any] = {"base_lr": optim["lr"], "total_steps": max_steps}
+    warmup = cfg.schedule.get("warmup_steps")
+    if warmup is not None and int(warmup) > max_steps:  # e.g. a 3-step smoke run of a preset with a 100-step warm-up
+        logger.warning(
+            "schedule.warmup_steps=%d exceeds trainer.max_steps=%d: warming up over %d steps",
+            warmup,
+            max_steps,
+            max_steps,
+        )
+        schedule_args["warmup_steps"] = max_steps
+    schedule = build(cfg.schedule, key="schedule", **schedule_args)
+    trainer_args = {
+        k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in _NOT_TRAINER_ARGS
+    }
+    trainer_args["device"] = resolve_device(trainer_args.get("device", "auto"))
+    return {"model": model, "dataset": dataset, "optimizer": optimizer, "schedule": schedule, "args": trainer_args}
 
 
 def _scores(result: dict[str, Any]) -> dict[str, float]:
