@@ -13,7 +13,9 @@ from tiny_models import AffinityModel
 import voszoo
 from voszoo.inference.fast_paths import (
     GuardedCompile,
+    channels_last_encoders,
     compile_hot_modules,
+    encoder_module_names,
     hot_module_names,
     restore_eager,
     use_channels_last,
@@ -197,8 +199,9 @@ def test_session_compile_modules_flag_compiles_the_presets_hot_modules(monkeypat
 def test_channels_last_is_a_no_op_on_cpu_and_amp_none_means_float32() -> None:
     images, labels = tiny_video()
     model = tiny_model()
-    reference = session_probs(model, images, labels)
+    reference = session_probs(model, images, labels, channels_last=False)
     assert use_channels_last(model, device="cpu") is False
+    assert encoder_module_names(model) == () and channels_last_encoders(model) == []
     assert model.embed.weight.is_contiguous()  # still NCHW
     for got, want in zip(session_probs(model, images, labels, channels_last=True, amp="none"), reference, strict=True):
         assert torch.equal(got, want)
@@ -212,3 +215,32 @@ def test_channels_last_converts_4d_weights_for_a_cuda_device() -> None:
     assert use_channels_last(model, device="cuda") is True
     assert model.embed.weight.is_contiguous(memory_format=torch.channels_last)
     assert not model.embed.weight.is_contiguous()
+
+
+@pytest.mark.parametrize(
+    ("preset", "encoders"),
+    [
+        ("stm_r18", ["query_encoder", "memory_encoder"]),
+        ("sitvos_r18", ["encoder", "mask_encoder"]),
+        ("aot_t", ["encoder"]),
+        ("batman_light", ["encoder", "flow_encoder"]),
+    ],
+)
+def test_channels_last_encoders_on_cpu_keep_the_numbers_and_the_interface(preset: str, encoders: list[str]) -> None:
+    """The CPU fast path: encoder weights in NHWC, their outputs handed back in NCHW, the state dict unchanged, and
+    the session's probabilities equal to the plain NCHW run up to float rounding."""
+    images, labels = tiny_video(size=64)
+    torch.manual_seed(0)
+    model = voszoo.create_model(preset).eval()
+    keys = list(model.state_dict())
+    reference = session_probs(model, images, labels, channels_last=False)
+    assert channels_last_encoders(model) == encoders
+    assert channels_last_encoders(model) == encoders  # idempotent: no second set of hooks
+    assert all(len(getattr(model, name)._forward_hooks) == 1 for name in encoders)
+    first_conv = next(m for m in getattr(model, encoders[0]).modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.weight.is_contiguous(memory_format=torch.channels_last) and not first_conv.weight.is_contiguous()
+    feats = model.encode(torch.randn(1, 3, 64, 64))
+    assert all(t.is_contiguous() for t in feats.maps.values())
+    assert list(model.state_dict()) == keys
+    for got, want in zip(session_probs(model, images, labels), reference, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

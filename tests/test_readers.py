@@ -466,3 +466,24 @@ def test_frame_index_out_of_range(davis_root: Path) -> None:
         video.frame(3)
     with pytest.raises(IndexError):
         video.labels(-1)
+
+
+def test_write_labels_is_atomic_and_keeps_the_palette(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    labels = np.arange(12, dtype=np.uint8).reshape(3, 4) % 4
+    path = tmp_path / "seq" / "00000.png"
+    write_labels(path, labels)
+    with PIL.Image.open(path) as image:
+        assert image.mode == "P"
+        np.testing.assert_array_equal(np.asarray(image), labels)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["00000.png"]
+
+    # A failure while writing leaves the earlier file intact and no temporary file behind.
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("voszoo.data.io.os.replace", fail)
+    with pytest.raises(OSError, match="disk full"):
+        write_labels(path, np.zeros((3, 4), dtype=np.uint8))
+    with PIL.Image.open(path) as image:
+        np.testing.assert_array_equal(np.asarray(image), labels)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["00000.png"]

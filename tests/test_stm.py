@@ -134,6 +134,29 @@ def test_refine_block_upsamples_coarse_by_two():
     torch.testing.assert_close(block(skip, coarse), expected)
 
 
+def test_refine_decoder_shares_the_skip_branch_across_objects():
+    """Skips given once per frame with skip_repeats=R equal the official layout (skips expanded over the R objects),
+    forward and backward, and the skip branch runs on B frames, not B * R rows."""
+    torch.manual_seed(0)
+    decoder = RefineDecoder(in_channels=6, skip_channels=(5, 4), hidden_channels=7).double()
+    x = torch.randn(2 * 3, 6, 3, 4, dtype=torch.float64, requires_grad=True)
+    skips = [torch.randn(2, 5, 6, 8, dtype=torch.float64), torch.randn(2, 4, 12, 16, dtype=torch.float64)]
+    skips = [s.requires_grad_() for s in skips]
+    expanded = decoder(x, [s.repeat_interleave(3, dim=0) for s in skips])
+    grads_expanded = torch.autograd.grad(expanded.square().sum(), [x, *skips, *decoder.parameters()])
+    seen = []
+    handle = decoder.refines[1].conv_skip.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
+    shared = decoder(x, skips, skip_repeats=3)
+    handle.remove()
+    assert seen == [2]
+    torch.testing.assert_close(shared, expanded)
+    grads_shared = torch.autograd.grad(shared.square().sum(), [x, *skips, *decoder.parameters()])
+    for a, b in zip(grads_shared, grads_expanded, strict=True):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="skip_repeats=2"):
+        decoder(x, skips, skip_repeats=2)
+
+
 # -- STM: the contract -----------------------------------------------------------------------------------------------
 class RecordingEncoder(nn.Module):
     """Wraps a memory encoder and records its inputs."""

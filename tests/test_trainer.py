@@ -286,6 +286,16 @@ def test_hooks_eval_and_metrics_file(
     logs = [e for e in recorder.events if e[0] == "log"]
     assert [e[1] for e in logs] == [2, 4, 4, 6, 6]
     assert trainer.model.training  # back in train mode after evaluation
+    assert "step 4  eval/score 1.0000  eval_ema/score 2.0000" in caplog.text  # the console line of an evaluation
+
+
+def test_eval_hook_without_at_end_skips_the_last_step(tmp_path: Path) -> None:
+    """``voszoo-train`` evaluates the final model itself: the periodic hook must not do it a second time, even when
+    ``every`` divides the step count."""
+    steps = []
+    evaluation = EvalHook(lambda model: steps.append(len(steps)) or {"score": 0.0}, every=3, at_end=False)
+    make_trainer(tmp_path, hooks=[evaluation]).fit()
+    assert STEPS == 6 and [step for step, _ in evaluation.history] == [3]
 
 
 def test_pretraining_stage_then_main_stage(tmp_path: Path) -> None:

@@ -141,7 +141,7 @@ def _evaluate(cfg: DictConfig, output_dir: str | Path, *, device: str, group: Ev
         flip=bool(cfg.flip),
         amp=cfg.amp,
         compile_modules=bool(cfg.get("compile", False)),
-        channels_last=bool(cfg.get("channels_last", False)),
+        channels_last=bool(cfg.get("channels_last", True)),
         group=group,
     )
     if group is not None and not group.is_main:

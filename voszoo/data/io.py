@@ -6,6 +6,7 @@ surfaces as a crash deep inside numpy or PIL.
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -103,7 +104,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray, palette: np.ndarray = DAVIS_PALETTE) -> None:
-    """Write a (H, W) integer label map as a palette PNG (values 0..255), creating parent folders."""
+    """Write a (H, W) integer label map as a palette PNG (values 0..255), creating parent folders.
+
+    The file is written atomically, so an interrupted evaluation never leaves a truncated PNG that a resumed run
+    would then trust."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise ValueError(f"write_labels({path}): labels must be (H, W), got shape {labels.shape}")
@@ -111,5 +115,6 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray, palette: np.ndarra
         raise ValueError(f"write_labels({path}): label values must lie in 0..255, got {labels.min()}..{labels.max()}")
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
     image.putpalette(np.asarray(palette, dtype=np.uint8).reshape(-1).tolist())
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    image.save(path, format="PNG")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())

@@ -111,8 +111,8 @@ class CheckpointHook(Hook):
 
 
 class EvalHook(Hook):
-    """Call ``evaluate_fn(model) -> {name: value}`` every ``every`` steps (and after the last step if ``at_end``)
-    and log the results.
+    """Call ``evaluate_fn(model) -> {name: value}`` every ``every`` steps and log the results. After the last step
+    it runs if and only if ``at_end`` (False when the caller evaluates the final model itself).
 
     The model is the unwrapped training model, in eval mode under ``torch.no_grad()``; with ``include_ema`` and an
     EMA in the trainer, the EMA model is evaluated too. Results are logged as ``eval/<name>`` and
@@ -158,10 +158,14 @@ class EvalHook(Hook):
                 results.update(self._evaluate(trainer.ema_model, "eval_ema"))
             self.history.append((trainer.step, results))
             trainer.log(results)
+            logger.info("step %d  %s", trainer.step, "  ".join(f"{k} {v:.4f}" for k, v in results.items()))
         barrier()
 
     def after_step(self, trainer: Trainer, metrics: Mapping[str, float]) -> None:
-        if trainer.step % self.every == 0 or (self.at_end and trainer.step == trainer.max_steps):
+        if trainer.step == trainer.max_steps:
+            if self.at_end:
+                self.run(trainer)
+        elif trainer.step % self.every == 0:
             self.run(trainer)
 
 

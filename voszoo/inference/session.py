@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from voszoo.inference.fast_paths import compile_hot_modules, use_channels_last
+from voszoo.inference.fast_paths import channels_last_encoders, compile_hot_modules, use_channels_last
 from voszoo.inference.memory import MemoryBank, MemoryPolicy
 from voszoo.inference.preprocess import FrameGeometry, image_to_tensor
 from voszoo.layers.aggregation import soft_aggregate
@@ -60,7 +60,9 @@ class InferenceSession:
         amp: autocast dtype on CUDA (``"bf16"``, ``"fp16"``, or None / ``"none"`` for float32); ignored on CPU.
         compile_modules: ``torch.compile`` the model's hot submodules in place, falling back to eager per module if
             compilation fails (:func:`~voszoo.inference.fast_paths.compile_hot_modules`, default options).
-        channels_last: channels-last weights and frames on CUDA; a no-op on CPU.
+        channels_last: channels-last weights and frames on CUDA; on the CPU, the image encoders only
+            (:func:`~voszoo.inference.fast_paths.channels_last_encoders`). On by default: the same numbers up to
+            float rounding, faster.
     """
 
     def __init__(
@@ -73,7 +75,7 @@ class InferenceSession:
         flip: bool = False,
         amp: str | None = None,
         compile_modules: bool = False,
-        channels_last: bool = False,
+        channels_last: bool = True,
     ) -> None:
         self.model = model.eval()
         self.policy_factory = policy_factory
@@ -86,6 +88,8 @@ class InferenceSession:
         if compile_modules:
             compile_hot_modules(self.model)
         self.channels_last = use_channels_last(self.model, device=self.device) if channels_last else False
+        if channels_last and not self.channels_last:
+            channels_last_encoders(self.model)
         self.geometry: FrameGeometry | None = None
         self.groups: list[_Group] = []
         self.frame_index = 0

@@ -168,8 +168,8 @@ class SITVOS(VOSModel):
             x = torch.cat([x, per_object(query)], dim=1)
         if self.projection is not None:
             x = self.projection(x)
-        skips = [per_object(feats.maps[scale]) for scale in self.skip_scales]
-        logits = self.decoder(x, skips, output_size=feats.size)  # (B*N, 2, H, W)
+        skips = [feats.maps[scale] for scale in self.skip_scales]  # shared by the objects (skip_repeats)
+        logits = self.decoder(x, skips, output_size=feats.size, skip_repeats=num_objects)  # (B*N, 2, H, W)
         return aggregate_objects(logits, memory, num_objects=num_objects, eps=self.aggregation_eps)
 
     def extra_repr(self) -> str:

@@ -256,8 +256,8 @@ class STM(VOSModel):
             read = self.prior.modulated_read(
                 self.reader, *memory_kv, per_object(query_key), per_object(query_value), previous_mask=mask
             )
-        skips = [per_object(feats.maps[scale]) for scale in self.skip_scales]
-        logits = self.decoder(read, skips, output_size=feats.size)  # (B*N, 2, H, W)
+        skips = [feats.maps[scale] for scale in self.skip_scales]  # shared by the objects (skip_repeats)
+        logits = self.decoder(read, skips, output_size=feats.size, skip_repeats=num_objects)  # (B*N, 2, H, W)
         return aggregate_objects(logits, memory, num_objects=num_objects, eps=self.aggregation_eps)
 
     # -- helpers ------------------------------------------------------------------------------------------------
