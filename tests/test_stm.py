@@ -157,6 +157,50 @@ def test_refine_decoder_shares_the_skip_branch_across_objects():
         decoder(x, skips, skip_repeats=2)
 
 
+def test_refine_decoder_chunks_give_the_same_logits():
+    torch.manual_seed(0)
+    decoder = RefineDecoder(in_channels=6, skip_channels=(5, 4), hidden_channels=7).double()
+    x = torch.randn(2 * 3, 6, 3, 4, dtype=torch.float64)
+    skips = [torch.randn(2, 5, 6, 8, dtype=torch.float64), torch.randn(2, 4, 12, 16, dtype=torch.float64)]
+    whole = decoder(x, skips, skip_repeats=3, output_size=(13, 17))
+    for chunk in (1, 2, 4, 6, 100):  # chunks that split a frame's objects and chunks that straddle two frames
+        torch.testing.assert_close(decoder(x, skips, skip_repeats=3, output_size=(13, 17), chunk_size=chunk), whole)
+    with pytest.raises(ValueError, match="chunk_size"):
+        decoder(x, skips, skip_repeats=3, chunk_size=0)
+
+
+def test_stm_object_chunk_gives_the_same_memory_and_logits_at_inference():
+    model = tiny_stm(criterion=False).eval()
+    image = torch.randn(2, 3, 64, 96)
+    labels = torch.randint(0, 4, (2, 64, 96))
+    probs = F.one_hot(labels, 4).permute(0, 3, 1, 2).float()
+    results = []
+    for chunk in (None, 1, 2):
+        model.object_chunk = chunk
+        memory = model.new_memory(EveryN(n=5), num_objects=3)
+        encoder_batches = []
+        handle = model.memory_encoder.register_forward_hook(lambda m, a, o: encoder_batches.append(a[0].shape[0]))
+        with torch.no_grad():
+            feats = model.encode(image)
+            model.memorize(memory, feats, probs, 0)
+            results.append((memory.stack("key", dim=3), model.segment(memory, model.encode(image))))
+        handle.remove()
+        assert encoder_batches == ([6] if chunk is None else [chunk] * (6 // chunk))
+    for keys, logits in results[1:]:
+        torch.testing.assert_close(keys, results[0][0])
+        torch.testing.assert_close(logits, results[0][1])
+    with pytest.raises(ValueError, match="object_chunk"):
+        STM(
+            **{
+                **{k: getattr(model, k) for k in ("memory_encoder", "query_encoder", "memory_key_value")},
+                "query_key_value": model.query_key_value,
+                "reader": model.reader,
+                "decoder": model.decoder,
+                "object_chunk": 0,
+            }
+        )
+
+
 # -- STM: the contract -----------------------------------------------------------------------------------------------
 class RecordingEncoder(nn.Module):
     """Wraps a memory encoder and records its inputs."""

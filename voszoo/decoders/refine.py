@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -37,7 +38,8 @@ class ResidualBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(F.relu(self.conv1(F.relu(x))))
+        # in place on conv1's fresh output (its backward needs only its input): one stride-4 tensor less at peak
+        return x + self.conv2(F.relu(self.conv1(F.relu(x)), inplace=True))
 
 
 class RefineBlock(nn.Module):
@@ -54,12 +56,18 @@ class RefineBlock(nn.Module):
         self.res_skip = ResidualBlock(channels=channels)
         self.res_out = ResidualBlock(channels=channels)
 
+    def skip_branch(self, skip: Tensor) -> Tensor:
+        """conv_skip + residual block of the skip alone: (B, C_skip, H, W) -> (B, C, H, W)."""
+        return self.res_skip(self.conv_skip(skip))
+
+    def merge(self, branch: Tensor, coarse: Tensor) -> Tensor:
+        """res_out(branch + bilinear(coarse to the branch's size)); both with the same batch."""
+        up = F.interpolate(coarse, size=branch.shape[-2:], mode="bilinear", align_corners=False)
+        return self.res_out(branch + up)
+
     def forward(self, skip: Tensor, coarse: Tensor, *, repeats: int = 1) -> Tensor:
-        s = self.res_skip(self.conv_skip(skip))
-        if repeats != 1:
-            s = s.repeat_interleave(repeats, dim=0)
-        up = F.interpolate(coarse, size=skip.shape[-2:], mode="bilinear", align_corners=False)
-        return self.res_out(s + up)
+        s = self.skip_branch(skip)
+        return self.merge(s.repeat_interleave(repeats, dim=0) if repeats != 1 else s, coarse)
 
 
 class RefineDecoder(nn.Module):
@@ -75,7 +83,9 @@ class RefineDecoder(nn.Module):
     ``forward(x (B * R, in_channels, h, w), skips: [(B, skip_channels[k], H_k, W_k)...], *, output_size=None,
     skip_repeats=R)`` returns logits (B * R, out_channels, H, W): ``output_size`` if given, else 4x the last skip's
     size (STM's x4). With ``skip_repeats`` R > 1 (R objects per frame, rows of x object-major within a frame) the
-    skip branches run once per frame and are shared by its R rows.
+    skip branches run once per frame and are shared by its R rows. ``chunk_size``: decode at most this many rows of x
+    at a time (the stride-4 activations of all objects at once dominate the peak memory of per-object models at
+    480p); None decodes every row at once. Chunks give the same numbers.
     """
 
     def __init__(
@@ -100,7 +110,10 @@ class RefineDecoder(nn.Module):
         *,
         output_size: tuple[int, int] | None = None,
         skip_repeats: int = 1,
+        chunk_size: int | None = None,
     ) -> Tensor:
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"RefineDecoder: chunk_size must be >= 1 or None, got {chunk_size}")
         if len(skips) != len(self.refines):
             raise ValueError(f"RefineDecoder: expected {len(self.refines)} skip features, got {len(skips)}")
         if skip_repeats < 1:
@@ -113,10 +126,23 @@ class RefineDecoder(nn.Module):
                     f"RefineDecoder: skips[{k}] has batch {skip.shape[0]}, which times skip_repeats={skip_repeats} "
                     f"must equal the batch {x.shape[0]} of x"
                 )
-        m = self.res(self.fuse(x))
-        for refine, skip in zip(self.refines, skips, strict=True):
-            m = refine(skip, m, repeats=skip_repeats)
-        p = self.pred(F.relu(m))
-        if output_size is None:
-            return F.interpolate(p, scale_factor=4, mode="bilinear", align_corners=False)
-        return F.interpolate(p, size=tuple(output_size), mode="bilinear", align_corners=False)
+        branches = [refine.skip_branch(skip) for refine, skip in zip(self.refines, skips, strict=True)]
+        rows = x.shape[0]
+        step = rows if chunk_size is None else chunk_size
+        outputs = []
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            if stop - start == rows:  # one chunk: every branch row serves skip_repeats consecutive rows
+                shared = [b.repeat_interleave(skip_repeats, dim=0) if skip_repeats != 1 else b for b in branches]
+            else:
+                index = torch.arange(start, stop, device=x.device) // skip_repeats
+                shared = [b.index_select(0, index) for b in branches]
+            m = self.res(self.fuse(x[start:stop]))
+            for refine, branch in zip(self.refines, shared, strict=True):
+                m = refine.merge(branch, m)
+            p = self.pred(F.relu(m))
+            if output_size is None:
+                outputs.append(F.interpolate(p, scale_factor=4, mode="bilinear", align_corners=False))
+            else:
+                outputs.append(F.interpolate(p, size=tuple(output_size), mode="bilinear", align_corners=False))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
