@@ -66,7 +66,8 @@ def test_rows_change_what_they_say() -> None:
     munet = {row: model_of("ablation_munet_table4", row) for row in ("a_baseline_ce", "f_addition")}
     assert munet["a_baseline_ce"]["model"].get("motion") is None
     assert munet["f_addition"]["model"]["motion"]["fusion"]["_target_"].endswith("AdditiveFusion")
-    assert model_of("ablation_munet_table4", "e_full")["model"]["motion"]["fusion"]["_target_"].endswith("MotionSpatialAttention")
+    msam = model_of("ablation_munet_table4", "e_full")["model"]["motion"]["fusion"]["_target_"]
+    assert msam.endswith("MotionSpatialAttention")
     mga = model_of("ablation_mga_table2", "motion_guided_sequence")
     assert mga["trainer"]["truncate_frames"] == 1 and mga["data"]["train"]["num_frames"] == 12
     assert mga["model"].get("prior") is not None

@@ -178,8 +178,10 @@ def test_stm_object_chunk_gives_the_same_memory_and_logits_at_inference():
     for chunk in (None, 1, 2):
         model.object_chunk = chunk
         memory = model.new_memory(EveryN(n=5), num_objects=3)
-        encoder_batches = []
-        handle = model.memory_encoder.register_forward_hook(lambda m, a, o: encoder_batches.append(a[0].shape[0]))
+        encoder_batches: list[int] = []
+        handle = model.memory_encoder.register_forward_hook(
+            lambda m, a, o, seen=encoder_batches: seen.append(a[0].shape[0])
+        )
         with torch.no_grad():
             feats = model.encode(image)
             model.memorize(memory, feats, probs, 0)

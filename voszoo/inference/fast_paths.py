@@ -20,11 +20,11 @@ torch's recompile limit a module runs eagerly (torch logs a warning; ``compiled_
 
 **Channels-last.** :func:`use_channels_last` converts a whole model's 4-D weights to ``torch.channels_last`` on CUDA,
 where cuDNN's NHWC convolutions (tensor cores under bf16/fp16) are the fast ones. On the CPU only the image encoders
-(:func:`encoder_module_names`) go channels-last (:func:`channels_last_encoders`): oneDNN runs a ResNet-50 to layer3 at
-480p 1.6x faster in NHWC on this 2-core Xeon (1.92 s -> 1.18 s for two frames), while the 256-channel 3x3 convolutions of
-the STM decoder ran 10 % slower in NHWC, so the encoders' outputs are handed back in the default layout (a forward
-hook) and nothing downstream sees a channels-last tensor. Same numbers up to float rounding (a different summation
-order inside the convolution).
+(:func:`encoder_module_names`) go channels-last (:func:`channels_last_encoders`): oneDNN runs a ResNet-50 to layer3
+at 480p 1.6x faster in NHWC on this 2-core Xeon (1.92 s -> 1.18 s for two frames), while the 256-channel 3x3
+convolutions of the STM decoder ran 10 % slower in NHWC, so the encoders' outputs are handed back in the default
+layout (a forward hook) and nothing downstream sees a channels-last tensor. Same numbers up to float rounding (a
+different summation order inside the convolution).
 
 **Autocast.** bf16/fp16 autocast on CUDA is the inference session's ``amp`` argument (``"bf16"``, ``"fp16"``, or
 ``None``/``"none"``, the trainer's spelling); it is ignored on CPU.
