@@ -61,9 +61,11 @@ class RefineBlock(nn.Module):
         return self.res_skip(self.conv_skip(skip))
 
     def merge(self, branch: Tensor, coarse: Tensor) -> Tensor:
-        """res_out(branch + bilinear(coarse to the branch's size)); both with the same batch."""
+        """res_out(branch + bilinear(coarse to the branch's size)); both with the same batch (``branch`` may be an
+        expanded view)."""
         up = F.interpolate(coarse, size=branch.shape[-2:], mode="bilinear", align_corners=False)
-        return self.res_out(branch + up)
+        # in place on the fresh upsampled tensor (addition's backward needs neither input): one tensor less at peak
+        return self.res_out(up.add_(branch))
 
     def forward(self, skip: Tensor, coarse: Tensor, *, repeats: int = 1) -> Tensor:
         s = self.skip_branch(skip)
@@ -134,6 +136,9 @@ class RefineDecoder(nn.Module):
             stop = min(rows, start + step)
             if stop - start == rows:  # one chunk: every branch row serves skip_repeats consecutive rows
                 shared = [b.repeat_interleave(skip_repeats, dim=0) if skip_repeats != 1 else b for b in branches]
+            elif start // skip_repeats == (stop - 1) // skip_repeats:  # the chunk lies in one frame: a view, no copy
+                frame = start // skip_repeats
+                shared = [b[frame : frame + 1].expand(stop - start, *b.shape[1:]) for b in branches]
             else:
                 index = torch.arange(start, stop, device=x.device) // skip_repeats
                 shared = [b.index_select(0, index) for b in branches]
