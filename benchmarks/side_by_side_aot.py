@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -125,38 +124,6 @@ def _official_side(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def _voszoo_side(args: argparse.Namespace) -> dict[str, Any]:
-    """Build the voszoo preset, load the official state dict through the converter, run InferenceSession."""
-    from voszoo.inference.memory import EveryN
-    from voszoo.inference.session import InferenceSession
-    from voszoo.models.convert_aot import load_official_aot
-    from voszoo.models.registry import build_memory_policy, build_model
-
-    device = torch.device(args.device)
-    cfg = common.voszoo_preset(args.model)
-    model = build_model(cfg)
-    conversion = load_official_aot(model, args.workdir / "official_state.pt", strict=True)
-    model = model.to(device).eval()
-    holder = common.record_segment_logits(model)
-    session = InferenceSession(model, policy_factory=lambda: build_memory_policy(cfg), device=device)
-    images, labels = common.load_video(args.workdir / "video.npz")
-    inputs = common.ModelInput(args.size, stride=model.stride, device=device)
-
-    def step(t: int) -> torch.Tensor | None:
-        session.step(images[t], labels if t == 0 else None)
-        return None if t == 0 else inputs.crop(holder.pop("logits")[0])
-
-    result = common.run_timed(len(images), step, out_dir=args.workdir / "voszoo", warmup=args.warmup, device=device)
-    policy = build_memory_policy(cfg)
-    return result | {
-        "implementation": f"voszoo {args.model} through InferenceSession",
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "memory_schedule": {"policy": repr(policy), "long_term_gap": policy.n if isinstance(policy, EveryN) else None},
-        "conversion": str(conversion).splitlines()[0].split(": ", 1)[-1],  # without the temporary path
-        "model_input": list(inputs.padded),
-    }
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="side_by_side_aot.py",
@@ -182,28 +149,19 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args = parser.parse_args(argv)
-    try:
-        common.check_arguments(args)
-        if args.threads is not None:
-            torch.set_num_threads(args.threads)
-        if args.child is not None:  # one side, in its own process (see side_by_side_common.run_presets)
-            side = _official_side if args.child == "official" else _voszoo_side
-            common.write_child_result(args.workdir, args.child, side(args))
-            return 0
-        if not (Path(args.checkout).expanduser() / "networks" / "engines" / "aot_engine.py").is_file():
-            raise ValueError(f"{args.checkout} is not a checkout of {REPO} (no networks/engines/aot_engine.py)")
-        extra = ["--official-local-attention", args.official_local_attention]
-        rows = common.run_presets(script=Path(__file__).resolve(), args=args, presets=args.models, child_extra=extra)
-    except ValueError as error:
-        print(f"side_by_side_aot: {error}", file=sys.stderr)
-        return 2
-    for row in rows:
-        if row["status"] == "ok":
-            official, voszoo = row["official"]["memory_schedule"], row["voszoo"]["memory_schedule"]
-            row["same_memory_schedule"] = official["long_term_gap"] == voszoo["long_term_gap"]
-    return common.report(rows, out=args.json, prog="side_by_side_aot")
+    args = _parser().parse_args(argv)
+    return common.side_by_side_main(
+        args,
+        prog="side_by_side_aot",
+        script=Path(__file__).resolve(),
+        official_side=_official_side,
+        converter="voszoo.models.convert_aot.load_official_aot",
+        checkout_marker="networks/engines/aot_engine.py",
+        repo=REPO,
+        presets=args.models,
+        same_schedule=lambda official, voszoo: official["long_term_gap"] == voszoo["long_term_gap"],
+        child_extra=["--official-local-attention", args.official_local_attention],
+    )
 
 
 if __name__ == "__main__":

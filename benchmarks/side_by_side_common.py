@@ -498,3 +498,86 @@ def write_child_result(workdir: Path, side: str, result: dict[str, Any]) -> None
     from voszoo.data.io import atomic_write_bytes
 
     atomic_write_bytes(workdir / side / "result.json", (json.dumps(result, indent=2) + "\n").encode())
+
+
+def voszoo_side(args: argparse.Namespace, *, converter: str) -> dict[str, Any]:
+    """The voszoo child of either script: build preset ``args.model``, load the official state dict the official
+    child saved through ``converter`` (``"module.function"``, called as ``function(model, path, strict=True)``;
+    imported here, so the official child never imports it), run the video through ``InferenceSession`` with the
+    preset's memory policy and time it (:func:`run_timed`)."""
+    from voszoo.inference.memory import EveryN
+    from voszoo.inference.session import InferenceSession
+    from voszoo.models.registry import build_memory_policy, build_model
+
+    device = torch.device(args.device)
+    cfg = voszoo_preset(args.model)
+    model = build_model(cfg)
+    module, function = converter.rsplit(".", 1)
+    conversion = getattr(importlib.import_module(module), function)(
+        model, args.workdir / "official_state.pt", strict=True
+    )
+    model = model.to(device).eval()
+    holder = record_segment_logits(model)
+    session = InferenceSession(model, policy_factory=lambda: build_memory_policy(cfg), device=device)
+    images, labels = load_video(args.workdir / "video.npz")
+    inputs = ModelInput(args.size, stride=model.stride, device=device)
+
+    def step(t: int) -> Tensor | None:
+        session.step(images[t], labels if t == 0 else None)
+        return None if t == 0 else inputs.crop(holder.pop("logits")[0])
+
+    result = run_timed(len(images), step, out_dir=args.workdir / "voszoo", warmup=args.warmup, device=device)
+    policy = build_memory_policy(cfg)
+    return result | {
+        "implementation": f"voszoo {args.model} through InferenceSession",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "memory_schedule": {
+            "policy": repr(policy),
+            "long_term_gap": policy.n if isinstance(policy, EveryN) else None,
+            "previous_frame": policy.reads_short_term,
+        },
+        "conversion": str(conversion).splitlines()[0].split(": ", 1)[-1],  # without the temporary path
+        "model_input": list(inputs.padded),
+    }
+
+
+def side_by_side_main(
+    args: argparse.Namespace,
+    *,
+    prog: str,
+    script: Path,
+    official_side: Callable[[argparse.Namespace], dict[str, Any]],
+    converter: str,
+    checkout_marker: str,
+    repo: str,
+    presets: Sequence[str],
+    same_schedule: Callable[[dict[str, Any], dict[str, Any]], bool],
+    child_extra: Sequence[str] = (),
+) -> int:
+    """The ``main`` of both scripts after parsing: run one side (``--child``; the voszoo side is :func:`voszoo_side`
+    with ``converter``) or the whole comparison, set
+    ``same_memory_schedule`` on each row with ``same_schedule(official, voszoo)`` and report. Exit status as
+    :func:`report`, 2 on bad arguments or a folder without ``checkout_marker``."""
+    try:
+        check_arguments(args)
+        if args.threads is not None:
+            torch.set_num_threads(args.threads)
+        if args.child is not None:  # one side, in its own process (see run_presets)
+            if args.child == "official":
+                result = official_side(args)
+            else:
+                result = voszoo_side(args, converter=converter)
+            write_child_result(args.workdir, args.child, result)
+            return 0
+        if not (Path(args.checkout).expanduser() / checkout_marker).is_file():
+            raise ValueError(f"{args.checkout} is not a checkout of {repo} (no {checkout_marker})")
+        rows = run_presets(script=script, args=args, presets=presets, child_extra=child_extra)
+    except ValueError as error:
+        print(f"{prog}: {error}", file=sys.stderr)
+        return 2
+    for row in rows:
+        if row["status"] == "ok":
+            row["same_memory_schedule"] = same_schedule(
+                row["official"]["memory_schedule"], row["voszoo"]["memory_schedule"]
+            )
+    return report(rows, out=args.json, prog=prog)
