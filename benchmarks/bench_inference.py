@@ -128,7 +128,7 @@ def bench_preset(
     reference, the next ``warmup`` are not timed, the rest are. Returns the measured fields of a result row."""
     from voszoo.inference.session import InferenceSession
     from voszoo.models.registry import build_memory_policy, build_model
-    from voszoo.profiling import _PeakMemory, count_params
+    from voszoo.profiling import PeakMemory, count_params
     from voszoo.stage_timing import STAGES, StageTimer
 
     timed_frames = len(images) - 1 - warmup
@@ -140,7 +140,7 @@ def bench_preset(
     session = InferenceSession(
         model, policy_factory=lambda: build_memory_policy(cfg), device=device, amp=None if amp == "none" else amp
     )
-    with _PeakMemory(device) as peak, StageTimer(model, device=device) as timer:
+    with PeakMemory(device) as peak, StageTimer(model, device=device) as timer:
         for index, image in enumerate(images):
             with timer.frame():
                 session.step(image, labels if index == 0 else None)

@@ -30,7 +30,6 @@ exits with status 1.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -91,34 +90,6 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 # -- one run --------------------------------------------------------------------------------------------------------
-class _PeakSinceStart:
-    """Peak memory growth (MiB) since ``start()`` over the level at ``start()``, readable after every frame."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-
-    def start(self) -> None:
-        from voszoo.profiling import _proc_status_kib, _reset_peak_rss
-
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-            return
-        self.base = _proc_status_kib("VmRSS")
-        if self.base is None or not _reset_peak_rss():
-            raise ValueError("cannot measure the CPU peak memory: /proc/self/status or /proc/self/clear_refs missing")
-
-    def read(self) -> float:
-        from voszoo.profiling import _proc_status_kib
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            return (torch.cuda.max_memory_allocated(self.device) - self.base) / _MIB
-        return max(_proc_status_kib("VmHWM") - self.base, 0) / 1024.0
-
-
 def run_video(
     name: str,
     *,
@@ -136,6 +107,7 @@ def run_video(
 
     from voszoo.inference.session import InferenceSession
     from voszoo.models.registry import build_memory_policy, build_model
+    from voszoo.profiling import PeakMemory
 
     cfg = preset_config(name)
     torch.manual_seed(seed)
@@ -143,10 +115,10 @@ def run_video(
     session = InferenceSession(
         model, policy_factory=lambda: build_memory_policy(cfg, max_frames=max_frames), device=device
     )
-    peak = _PeakSinceStart(device)
+    peak = PeakMemory(device)
     held_mb, peak_mb = [], []
     started = time.perf_counter()
-    peak.start()
+    peak.start(strict=True)  # a growth curve needs a resettable peak
     order = ping_pong(len(images), frames)
     for t, index in enumerate(tqdm(order, desc=f"{name} max_frames={max_frames}", disable=None, file=sys.stderr)):
         session.step(images[index], labels if t == 0 else None)

@@ -213,11 +213,11 @@ def run_timed(
     wall time), ``seconds_per_frame`` (every frame after the reference), ``reference_seconds`` and ``peak_mem_mb``
     (growth of the whole video over the memory in use before it, :mod:`voszoo.profiling`'s measure).
     """
-    from voszoo.profiling import _PeakMemory
+    from voszoo.profiling import PeakMemory
 
     out_dir.mkdir(parents=True, exist_ok=True)
     seconds = []
-    with _PeakMemory(device) as peak:
+    with PeakMemory(device) as peak:
         for t in range(num_frames):
             start = time.perf_counter()
             logits = step(t)

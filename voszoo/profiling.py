@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["count_macs", "count_params", "main", "profile_model"]
+__all__ = ["PeakMemory", "count_macs", "count_params", "main", "profile_model"]
 
 logger = logging.getLogger("voszoo.profiling")
 
@@ -129,37 +129,57 @@ def _reset_peak_rss() -> bool:
     return True
 
 
-class _PeakMemory:
-    """Peak memory growth (MiB) over the level at entry: CUDA allocator statistics or the CPU resident set size."""
+class PeakMemory:
+    """Peak memory growth (MiB) over the level at :meth:`start`: CUDA allocator statistics, or on the CPU the peak
+    resident set size (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``) minus the resident size at start.
+
+    :meth:`read` may be called after every frame (a running peak). As a context manager it starts on entry and sets
+    :attr:`peak_mb` on exit. Where the CPU peak cannot be reset, ``start(strict=True)`` raises ValueError and
+    ``start()`` logs a warning and measures the process-lifetime peak.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.peak_mb: float | None = None
+        self._base: int | None = None
 
-    def __enter__(self) -> _PeakMemory:
+    def start(self, *, strict: bool = False) -> PeakMemory:
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
             self._base = torch.cuda.memory_allocated(self.device)
-        else:
-            self._base = _proc_status_kib("VmRSS")
-            self._resettable = self._base is not None and _reset_peak_rss()
-            if self._base is not None and not self._resettable:
+            return self
+        self._base = _proc_status_kib("VmRSS")
+        resettable = self._base is not None and _reset_peak_rss()
+        if not resettable:
+            if strict:
+                raise ValueError(
+                    "cannot measure the CPU peak memory: /proc/self/status or /proc/self/clear_refs missing"
+                )
+            if self._base is not None:
                 logger.warning("cannot reset the peak RSS (/proc/self/clear_refs): using the process-lifetime peak")
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def read(self) -> float | None:
+        """Peak growth since :meth:`start` in MiB (None on a CPU without ``/proc/self/status``)."""
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-            self.peak_mb = (torch.cuda.max_memory_allocated(self.device) - self._base) / _MIB
-        elif self._base is not None:
-            peak = _proc_status_kib("VmHWM")
-            if peak is None:
-                import resource
+            return (torch.cuda.max_memory_allocated(self.device) - self._base) / _MIB
+        if self._base is None:
+            return None
+        peak = _proc_status_kib("VmHWM")
+        if peak is None:
+            import resource
 
-                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-            self.peak_mb = max(peak - self._base, 0) / 1024.0
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        return max(peak - self._base, 0) / 1024.0
+
+    def __enter__(self) -> PeakMemory:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.peak_mb = self.read()
 
 
 def _describe(device: torch.device) -> str:
@@ -200,7 +220,7 @@ def profile_model(
     images = [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(frames)]
     labels = _synthetic_labels(height, width, num_objects)
     session = InferenceSession(model, policy_factory=policy_factory or KeepAll, device=device)
-    with _PeakMemory(device) as memory:
+    with PeakMemory(device) as memory:
         session.step(images[0], labels)
         start = time.perf_counter()
         for image in images[1:]:
