@@ -225,12 +225,11 @@ class STM(VOSModel):
         extra = torch.stack([fg, other], dim=2).flatten(0, 1)  # (B*N, 2, H, W)
         images = image.repeat_interleave(num_objects, dim=0)  # (B*N, 3, H, W), object-major within a sample
         step = self._chunk(images.shape[0])
-        features = torch.cat(
-            [
-                self.memory_encoder(images[i : i + step], extra[i : i + step])["s16"]
-                for i in range(0, images.shape[0], step)
-            ]
-        )
+        chunks = [
+            self.memory_encoder(images[i : i + step], extra[i : i + step])["s16"]
+            for i in range(0, images.shape[0], step)
+        ]
+        features = chunks[0] if len(chunks) == 1 else torch.cat(chunks)  # one chunk (training): no copy
         key, value = self.memory_key_value(features)
         update_presence(memory, fg, threshold=self.presence_threshold)
         tensors = {"key": key.unflatten(0, (batch, num_objects)), "value": value.unflatten(0, (batch, num_objects))}
