@@ -82,6 +82,22 @@ def test_eval_rejects_a_checkpoint_of_another_model(trained: tuple[Path, Path]) 
     assert done.returncode != 0 and "corrupt.pt" in done.stderr
 
 
+def test_eval_error_names_the_model_settings_the_checkpoint_was_trained_with(trained: tuple[Path, Path]) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from voszoo._paths import conf_dir
+    from voszoo.engine.checkpoint import CheckpointError
+    from voszoo.evaluate import load_weights
+    from voszoo.models.registry import build_model
+
+    _, run_dir = trained
+    overrides = ["model=stm_r18", "model.decoder.hidden_channels=96", f"checkpoint={run_dir / 'last.pt'}"]
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = compose("eval", overrides=overrides)
+    with pytest.raises(CheckpointError, match=r"rerun with: model\.decoder\.hidden_channels=128$"):
+        load_weights(build_model(cfg.model), cfg)
+
+
 def test_unknown_component_lists_the_valid_ones(tmp_path: Path) -> None:
     done = run("voszoo.train", "model/memory=nope", f"hydra.run.dir={tmp_path / 'x'}", cwd=tmp_path)
     assert done.returncode != 0

@@ -27,7 +27,7 @@ from voszoo.cli_common import evaluate_model, hydra_entry, prepare_data, resolve
 if TYPE_CHECKING:
     from voszoo.evaluation.sharding import EvalGroup
 
-__all__ = ["main", "evaluate"]
+__all__ = ["main", "evaluate", "config_differences", "model_config_hint"]
 
 logger = logging.getLogger("voszoo.evaluate")
 
@@ -55,8 +55,64 @@ def load_weights(model: Any, cfg: DictConfig) -> str:
 
             load_official_aot(model, state, strict=True)
         return f"{path} (official {kind.upper()} weights)"
-    load_model_weights(model, path, model_name=str(cfg.model.name), use_ema=bool(cfg.use_ema))
+    try:
+        load_model_weights(model, path, model_name=str(cfg.model.name), use_ema=bool(cfg.use_ema))
+    except CheckpointError as error:
+        hint = model_config_hint(path, cfg.model)
+        if hint is None:
+            raise
+        raise CheckpointError(f"{error}. {hint}") from error
     return str(path)
+
+
+def model_config_hint(path: str | Path, model_cfg: DictConfig) -> str | None:
+    """Why a voszoo checkpoint may not fit: the model-config keys its training run set differently from this run
+    (e.g. ``experiment=aot_quick`` trains with ``model.encoder.frozen_bn=false``), as overrides to pass; None if the
+    checkpoint carries no config or the two model configs agree."""
+    from omegaconf import OmegaConf
+
+    from voszoo.engine.checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        saved = (read_checkpoint(path).get("config") or {}).get("model")
+    except CheckpointError:
+        return None
+    if not isinstance(saved, dict):
+        return None
+    differences = config_differences(saved, OmegaConf.to_container(model_cfg, resolve=True), prefix="model")
+    if not differences:
+        return None
+    shown = " ".join(f"{key}={_override_value(value)}" for key, value in differences[:8])
+    more = f" (and {len(differences) - 8} more)" if len(differences) > 8 else ""
+    return f"Its training run built the model with other settings; rerun with: {shown}{more}"
+
+
+def config_differences(saved: Any, current: Any, *, prefix: str) -> list[tuple[str, Any]]:
+    """``(dotted key, saved value)`` for every leaf where ``saved`` differs from ``current`` (keys only in
+    ``current`` are left out: an override cannot remove them)."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        found: list[tuple[str, Any]] = []
+        for key, value in saved.items():
+            dotted = f"{prefix}.{key}"
+            if key not in current:
+                found.append((f"+{dotted}", value))
+            else:
+                found.extend(config_differences(value, current[key], prefix=dotted))
+        return found
+    return [] if saved == current else [(prefix, saved)]
+
+
+def _override_value(value: Any) -> str:
+    """A Hydra override's right-hand side for a plain config value."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, dict)):
+        import json
+
+        return "'" + json.dumps(value).replace('"', "") + "'"
+    return str(value)
 
 
 def _official_state(path: Path) -> tuple[str, dict] | None:
