@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -46,6 +44,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from voszoo.profiling import machine_info
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "inference.json"
 NAMED_SIZES = {"480p": (480, 854), "240p": (240, 427)}
@@ -80,36 +80,6 @@ def preset_config(name: str, overrides: list[str]) -> Any:
     from voszoo.models.registry import random_weights_config
 
     return random_weights_config(name, overrides)
-
-
-# -- machine --------------------------------------------------------------------------------------------------------
-def cpu_model_name() -> str:
-    """The CPU's model name (Linux ``/proc/cpuinfo``), else what ``platform`` knows."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        text = ""
-    match = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.MULTILINE)
-    if match:
-        return match.group(1).strip()
-    return platform.processor() or platform.machine() or "unknown"
-
-
-def describe_device(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"{device.type} ({torch.get_num_threads()} threads)"
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    return {
-        "device": describe_device(device),
-        "torch": torch.__version__,
-        "cpu": cpu_model_name(),
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-    }
 
 
 # -- one preset -----------------------------------------------------------------------------------------------------

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import re
 import subprocess
 import sys
@@ -44,6 +42,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from voszoo.profiling import machine_info
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "long_video.json"
 _MIB = 1024.0 * 1024.0
@@ -75,18 +75,6 @@ def preset_config(name: str) -> Any:
     from voszoo.models.registry import random_weights_config
 
     return random_weights_config(name)
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    from voszoo.profiling import _describe
-
-    return {
-        "device": _describe(device),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-    }
 
 
 # -- one run --------------------------------------------------------------------------------------------------------

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -249,18 +247,9 @@ def markdown_table(results: dict[str, dict[str, Any]]) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    info = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "load_average_1min": round(os.getloadavg()[0], 2),  # other processes sharing the CPU slow every number
-        "weights": "random init",
-    }
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
-    return info
+    from voszoo.profiling import machine_info as describe_machine
+
+    return {**describe_machine("cuda" if torch.cuda.is_available() else "cpu"), "weights": "random init"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,6 @@ import importlib
 import importlib.util
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from voszoo.profiling import machine_info
+
 __all__ = [
     "DEFAULT_SIZE",
     "TOLERANCE",
@@ -42,7 +43,6 @@ __all__ = [
     "compare_video",
     "import_from_checkout",
     "load_video",
-    "machine_info",
     "markdown_table",
     "merge_results",
     "parse_size",
@@ -288,23 +288,6 @@ def compare_video(official_dir: Path, voszoo_dir: Path, num_frames: int) -> list
 
 
 # -- reporting ------------------------------------------------------------------------------------------------------
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """Where the numbers come from; the load average says how busy the machine was."""
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        cpuinfo = ""
-    match = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, flags=re.MULTILINE)
-    return {
-        "device": f"cuda ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "cpu",
-        "cpu": match.group(1).strip() if match else platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
-    }
-
-
 def _cell(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from voszoo.benchmark import COLUMNS, MEASURED, failed_rows, format_markdown, published_rows, write_plot
 from voszoo.inference.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
-from voszoo.profiling import count_macs, main, profile_model
+from voszoo.profiling import count_macs, machine_info, main, profile_model
 
 
 class OneConv(VOSModel):
@@ -86,6 +86,13 @@ def test_cpu_attention_kernel_is_counted() -> None:
 def test_peak_memory_sees_a_transient_buffer() -> None:
     costs = profile_model(OneConv(extra_mib=64), size=(32, 32), frames=2, num_objects=1, device="cpu")
     assert costs["peak_mem_mb"] >= 60  # two segment calls, each with 64 MiB alive for a moment
+
+
+def test_machine_info_names_the_device_and_threads() -> None:
+    info = machine_info("cpu")
+    assert info["device"] == f"cpu ({torch.get_num_threads()} threads)"
+    assert info["threads"] == torch.get_num_threads() and info["torch"] == torch.__version__
+    assert isinstance(info["cpu"], str) and info["cpu"]
 
 
 def test_profile_rejects_bad_arguments() -> None:

@@ -33,6 +33,8 @@ import argparse
 import gc
 import json
 import logging
+import os
+import platform
 import re
 import sys
 import time
@@ -44,7 +46,16 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["PeakMemory", "count_macs", "count_params", "main", "profile_model"]
+__all__ = [
+    "PeakMemory",
+    "count_macs",
+    "count_params",
+    "cpu_model_name",
+    "describe_device",
+    "machine_info",
+    "main",
+    "profile_model",
+]
 
 logger = logging.getLogger("voszoo.profiling")
 
@@ -182,10 +193,38 @@ class PeakMemory:
         self.peak_mb = self.read()
 
 
-def _describe(device: torch.device) -> str:
+def describe_device(device: torch.device | str) -> str:
+    """``"cpu (2 threads)"`` or ``"cuda (<GPU name>)"``."""
+    device = torch.device(device)
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name (Linux ``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    match = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.MULTILINE)
+    if match:
+        return match.group(1).strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """Where a benchmark's numbers come from, for its JSON: device, CPU model, cores, threads, torch, platform, and
+    the 1-minute load average (other processes sharing the CPU slow every number)."""
+    return {
+        "device": describe_device(device),
+        "cpu": cpu_model_name(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+    }
 
 
 def profile_model(
@@ -234,7 +273,7 @@ def profile_model(
         "macs_per_frame": count_macs(model, size=(height, width), num_objects=num_objects, device=device),
         "fps": (frames - 1) / seconds,
         "peak_mem_mb": memory.peak_mb,
-        "device": _describe(device),
+        "device": describe_device(device),
     }
 
 
