@@ -111,7 +111,20 @@ def test_appended_slot_on_wrong_preset_fails_at_build():
         build_model(cfg)
 
 
-def test_dependent_values_changed_alone_fail_at_build_with_the_fix():
-    # the LSTT depth fixes the decoder's input width: d_model x (layers + 1) = 256 x 3 for two blocks
+@pytest.mark.parametrize("preset", ["aot_s", "aot_b", "batman_light"])
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_depth_sweep_keeps_the_decoder_input_in_step(preset: str, layers: int) -> None:
+    # DESIGN.md's sweep `voszoo-train -m model=aot_s,aot_b model.lstt.num_layers=1,2,3`: the FPN input is
+    # d_model x (layers + 1), computed from the propagation node, so the depth alone is a valid override
+    stack = "transformer" if preset.startswith("batman") else "lstt"
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=[f"model={preset}", f"model.{stack}.num_layers={layers}"]).model
+    model = build_model(cfg)
+    width = int(cfg[stack].d_model)
+    assert model.decoder.in_channels == width * (layers + 1) == model.decoder.conv_in.conv.in_channels
+    assert len(model.propagator.layers) == layers
+
+
+def test_an_explicit_decoder_width_that_disagrees_with_the_depth_fails_at_build_with_the_fix():
     with pytest.raises(ConfigError, match=r"decoder.in_channels=512 must be d_model x \(LSTT layers \+ 1\) = 768"):
-        create_model("aot_t", **{"lstt.num_layers": 2})
+        create_model("aot_t", **{"lstt.num_layers": 2, "decoder.in_channels": 512})

@@ -25,7 +25,17 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["ConvGN", "FPNHead"]
+__all__ = ["ConvGN", "FPNHead", "stacked_input_channels"]
+
+
+def stacked_input_channels(*, width: int, layers: int) -> int:
+    """``width x (layers + 1)``: the FPN input of AOT and BATMAN, the projected encoder features and the output of
+    each of the ``layers`` propagation blocks, all ``width`` wide. The presets compute ``decoder.in_channels`` with it
+    (a nested ``_target_``), so that a sweep over the depth (``model.lstt.num_layers=1,2,3``) keeps the decoder in
+    step without a second override."""
+    if width < 1 or layers < 0:
+        raise ValueError(f"stacked_input_channels: width must be >= 1 and layers >= 0, got {width} and {layers}")
+    return width * (layers + 1)
 
 
 class ConvGN(nn.Module):
