@@ -169,3 +169,25 @@ def test_space_encoder_is_one_scalar_per_token():
     torch.testing.assert_close(out, ref)
     with pytest.raises(ValueError, match="pass flow_features"):
         enc(img)
+
+
+def test_bilateral_short_term_matcher_equals_the_dense_reference_with_appearance_encoding():
+    # the LSTT matcher slot (model/matcher=bilateral): E = 1x1 conv of the query map, then Eq. 1-3 over the window
+    from voszoo.layers.bilateral_matcher import BilateralShortTermAttention
+
+    torch.manual_seed(0)
+    matcher = BilateralShortTermAttention(d_model=8, num_heads=2, spatial_radius=1, bilateral_window=2).double()
+    q, k, v = (torch.randn(2, 8, 4, 5, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    out = matcher(q, k, v)
+    encoding = matcher.encoder.proj(q)  # (B, 1, h, w): one scalar per query token
+    kept = brute_force_keep(encoding.detach(), 3, 2)
+    heads = dense_reference(*(x.view(2, 2, 4, 4, 5) for x in (q, k, v)), encoding, kept, scale=4**-0.5)
+    ref = matcher.attention.projection(heads.reshape(2, 8, 20).transpose(1, 2))
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+    upstream = torch.randn(out.shape, dtype=torch.float64)
+    params = (q, k, v, matcher.encoder.proj.weight)
+    grads = torch.autograd.grad(out, params, upstream)
+    grads_ref = torch.autograd.grad(ref, params, upstream)
+    for a, b in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    assert grads[-1].abs().sum() > 0  # the encoding learns through the E bias

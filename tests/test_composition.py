@@ -94,6 +94,33 @@ def test_memory_policies_swap(preset):
     model.train()
 
 
+@pytest.mark.parametrize("preset", ["aot_t", "aot_s"])
+def test_bilateral_matcher_slot_trains_and_segments_in_aot(preset):
+    # BATMAN's bilateral attention as AOT's short-term matcher (`model=aot_s model/matcher=bilateral`)
+    from voszoo.layers.bilateral_matcher import BilateralShortTermAttention
+
+    cfg = compose_model_config(preset, ["matcher=bilateral"])
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    matchers = [layer.short_term_attn for layer in model.LSTT.layers]
+    assert len(matchers) == cfg.lstt.num_layers
+    assert all(isinstance(m, BilateralShortTermAttention) for m in matchers)
+    assert all(m.attention.window_size == 15 and m.attention.bilateral_window == 84 for m in matchers)
+    train_step(model)
+    assert all(has_gradient(m.encoder) for m in matchers)  # E is trained through the attention bias
+    model.eval()
+    session = InferenceSession(model, policy_factory=lambda: build_memory_policy(cfg))
+    first = np.zeros((64, 64), np.uint8)
+    first[8:28, 8:28], first[36:60, 30:60] = 1, 2
+    frames = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    for index, frame in enumerate(frames):
+        result = session.step(frame, first if index == 0 else None)
+        assert result.labels.shape == (64, 64) and result.probs.shape == (3, 64, 64)
+    assert type(build_model(compose_model_config(preset)).LSTT.layers[0].short_term_attn).__name__ == (
+        "MultiheadLocalAttention"
+    )
+
+
 def test_slot_missing_from_preset_fails_at_composition():
     # AOT has no `motion` slot: the group override has nothing to replace
     with pytest.raises(ConfigError, match="model 'aot_t' has no 'motion' slot.*: mga, mga_r18, munet, munet_r18, stm"):

@@ -10,6 +10,7 @@ from voszoo.layers.bilateral import (
     bilateral_attention,
     bilateral_keep_mask,
 )
+from voszoo.layers.bilateral_matcher import BilateralShortTermAttention
 from voszoo.layers.flow import FlowCalibration, RAFTFlow
 from voszoo.layers.identity import IdentityBank, assign_identities, identity_decode, identity_selection
 from voszoo.layers.interactive import AttentionBlock, InteractiveTransformer
@@ -36,6 +37,7 @@ from voszoo.layers.motion_uncertainty import (
 from voszoo.layers.position import SinePositionEmbedding, sine_position_embedding
 
 __all__ = [
+    "BilateralShortTermAttention",
     "BilateralTransformer",
     "FlowCalibration",
     "MultiheadBilateralAttention",

@@ -34,6 +34,8 @@ unused ``mask_token`` parameter (kept frozen so official checkpoints load strict
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -169,6 +171,10 @@ class LSTTBlock(nn.Module):
         lt_dropout, st_dropout: attention dropout of the long- and short-term attentions (0).
         gn_groups: groups of the feed-forward GroupNorm (32).
         local_backend: implementation of the short-term attention (see ``MultiheadLocalAttention``).
+        short_term_attention: builds another short-term matcher, called as ``short_term_attention(d_model=C,
+            num_heads=att_heads)``; it must map ``(query, key, value (B, C, h, w)) -> (B, h*w, C)`` (e.g.
+            :class:`voszoo.layers.bilateral_matcher.BilateralShortTermAttention`). None: AOT's local attention with
+            relative position embeddings (``window_size``, ``dilation``, ``st_dropout``, ``local_backend``).
     """
 
     def __init__(
@@ -185,6 +191,7 @@ class LSTTBlock(nn.Module):
         st_dropout: float = 0.0,
         gn_groups: int = 32,
         local_backend: str = "auto",
+        short_term_attention: Callable[..., nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.d_model = d_model
@@ -195,14 +202,17 @@ class LSTTBlock(nn.Module):
         self.long_term_attn = MultiheadAttention(
             d_model=d_model, num_heads=att_heads, dropout=lt_dropout, use_linear=False
         )
-        self.short_term_attn = MultiheadLocalAttention(
-            d_model=d_model,
-            num_heads=att_heads,
-            window_size=window_size,
-            dilation=dilation,
-            dropout=st_dropout,
-            backend=local_backend,
-        )
+        if short_term_attention is None:
+            self.short_term_attn: nn.Module = MultiheadLocalAttention(
+                d_model=d_model,
+                num_heads=att_heads,
+                window_size=window_size,
+                dilation=dilation,
+                dropout=st_dropout,
+                backend=local_backend,
+            )
+        else:
+            self.short_term_attn = short_term_attention(d_model=d_model, num_heads=att_heads)
         self.lst_dropout = nn.Dropout(max(lt_dropout, st_dropout))
         self.norm2 = nn.LayerNorm(d_model)
         self.self_attn = MultiheadAttention(d_model=d_model, num_heads=self_heads)
@@ -272,6 +282,7 @@ class LSTT(nn.Module):
     Block arguments are as :class:`LSTTBlock`; ``droppath_scaling`` grows the rate linearly from 0 (first block) to
     ``droppath`` (last), off in AOT. ``emb_dropout`` drops input tokens (0 in AOT). ``intermediate_norm``: normalise
     every block's output for the decoder (official ``MODEL_DECODER_INTERMEDIATE_LSTT``), ``final_norm``: the last.
+    ``short_term_attention`` swaps every block's short-term matcher (``conf/model/matcher/``; see :class:`LSTTBlock`).
 
     ``forward(x (B, L, C), *, size, pos, long_term, short_term, id_emb)`` takes per-layer memories
     (lists of the block arguments) and returns ``(outputs, frame_memories)``: the L per-layer outputs (B, L, C)
@@ -297,6 +308,7 @@ class LSTT(nn.Module):
         intermediate_norm: bool = True,
         final_norm: bool = True,
         local_backend: str = "auto",
+        short_term_attention: Callable[..., nn.Module] | None = None,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -325,6 +337,7 @@ class LSTT(nn.Module):
                 st_dropout=st_dropout,
                 gn_groups=gn_groups,
                 local_backend=local_backend,
+                short_term_attention=short_term_attention,
             )
             for rate in rates
         )
