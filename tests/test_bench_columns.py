@@ -4,6 +4,7 @@ published rows, table, plot and failure rule (voszoo.benchmark)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from pathlib import Path
 
@@ -93,6 +94,28 @@ def test_machine_info_names_the_device_and_threads() -> None:
     assert info["device"] == f"cpu ({torch.get_num_threads()} threads)"
     assert info["threads"] == torch.get_num_threads() and info["torch"] == torch.__version__
     assert isinstance(info["cpu"], str) and info["cpu"]
+
+
+def test_profile_runs_the_session_with_the_fast_paths_it_is_given() -> None:
+    costs = profile_model(OneConv(), size=(32, 32), frames=2, num_objects=1, device="cpu", channels_last=False)
+    assert costs["fast_paths"] == {"amp": None, "compile": False, "channels_last": False}
+    with pytest.raises(ValueError, match="amp must be"):
+        profile_model(OneConv(), size=(32, 32), frames=2, num_objects=1, device="cpu", amp="fp8")
+
+
+def test_profiling_cli_passes_the_fast_paths(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["stm_r18", "--size", "64", "64", "--frames", "2", "--amp", "bf16", "--no-channels-last"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["fast_paths"] == {"amp": "bf16", "compile": False, "channels_last": False}
+
+
+def test_bench_fast_paths_become_profiling_flags() -> None:
+    from voszoo.benchmark import _fast_path_flags
+
+    assert _fast_path_flags(None) == []
+    assert _fast_path_flags(OmegaConf.create({"amp": None, "compile": False, "channels_last": True})) == []
+    flags = _fast_path_flags(OmegaConf.create({"amp": "bf16", "compile": True, "channels_last": False}))
+    assert flags == ["--amp", "bf16", "--compile", "--no-channels-last"]
 
 
 def test_profile_rejects_bad_arguments() -> None:

@@ -105,7 +105,21 @@ def _run_training(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str
     return json.loads((out_dir / "metrics.json").read_text())
 
 
-def _run_profile(profile: DictConfig, out_dir: Path) -> dict[str, Any]:
+def _fast_path_flags(fast_paths: DictConfig | None) -> list[str]:
+    """``voszoo.profiling`` flags for the ``fast_paths`` node of conf/bench.yaml (None: the session's defaults)."""
+    if fast_paths is None:
+        return []
+    flags = []
+    if fast_paths.get("amp") not in (None, "none"):
+        flags += ["--amp", str(fast_paths.amp)]
+    if fast_paths.get("compile", False):
+        flags.append("--compile")
+    if not fast_paths.get("channels_last", True):
+        flags.append("--no-channels-last")
+    return flags
+
+
+def _run_profile(profile: DictConfig, out_dir: Path, fast_paths: DictConfig | None = None) -> dict[str, Any]:
     """Profile the model of the training run in ``out_dir`` (its ``.hydra/config.yaml``) in a fresh process, so that
     the peak memory is that of one short inference session and nothing else."""
     config = out_dir / ".hydra" / "config.yaml"
@@ -115,6 +129,7 @@ def _run_profile(profile: DictConfig, out_dir: Path) -> dict[str, Any]:
     command = [sys.executable, "-m", "voszoo.profiling", "--config", str(config), "--memory-policy"]
     command += ["--size", *(str(int(s)) for s in profile.size), "--frames", str(int(profile.frames))]
     command += ["--objects", str(int(profile.num_objects)), "--device", str(profile.device), "--json", str(result_path)]
+    command += _fast_path_flags(fast_paths)
     _run_logged(command, out_dir / "profile.log", "profiling")
     return json.loads(result_path.read_text())
 
@@ -212,7 +227,7 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
             row["eval fps"] = result.get("fps")
             row["train steps"] = result.get("steps")
             if entry.get("train") and profile is not None and profile.get("enabled", True):
-                costs = _run_profile(profile, entry_dir)
+                costs = _run_profile(profile, entry_dir, cfg.get("fast_paths"))
                 row.update({k: costs.get(k) for k in ("params", "macs_per_frame", "fps", "peak_mem_mb", "device")})
             row["status"] = "ok"
         except Exception as error:  # noqa: BLE001 - a failed entry is a row, not the end of the board
@@ -322,6 +337,8 @@ def _write_outputs(rows: list[dict[str, Any]], output_dir: Path, cfg: DictConfig
     payload = {"data": OmegaConf.to_container(cfg.data, resolve=True), "rows": rows}
     if cfg.get("profile") is not None:
         payload["profile"] = OmegaConf.to_container(cfg.profile, resolve=True)
+    if cfg.get("fast_paths") is not None:
+        payload["fast_paths"] = OmegaConf.to_container(cfg.fast_paths, resolve=True)
     atomic_write_bytes(output_dir / "leaderboard.json", (json.dumps(payload, indent=2, default=str) + "\n").encode())
 
 

@@ -235,12 +235,18 @@ def profile_model(
     num_objects: int = 2,
     device: torch.device | str = "cpu",
     policy_factory: Callable[[], Any] | None = None,
+    amp: str | None = None,
+    compile_modules: bool = False,
+    channels_last: bool = True,
 ) -> dict[str, Any]:
     """Parameters, MACs per frame, inference FPS and peak memory of ``model`` (a VOSModel) at ``size`` (H, W).
 
     ``frames`` (>= 2) frames are run through an inference session with ``policy_factory`` memory (default: keep
-    every frame); the first carries ``num_objects`` reference masks. Returns ``{"params": int, "macs_per_frame": int,
-    "fps": float, "peak_mem_mb": float | None, "device": str}``; the module docstring says what each one counts.
+    every frame); the first carries ``num_objects`` reference masks. ``amp``, ``compile_modules`` and
+    ``channels_last`` are the session's fast paths (:class:`~voszoo.inference.session.InferenceSession`; with
+    ``compile_modules`` the first, untimed frame also pays the compilation). Returns ``{"params": int,
+    "macs_per_frame": int, "fps": float, "peak_mem_mb": float | None, "device": str, "fast_paths": dict}``; the
+    module docstring says what each one counts.
     The session runs first, so that memory freed by it cannot hide growth from the MAC count and vice versa.
     """
     from voszoo.inference.memory import KeepAll
@@ -258,7 +264,15 @@ def profile_model(
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(frames)]
     labels = _synthetic_labels(height, width, num_objects)
-    session = InferenceSession(model, policy_factory=policy_factory or KeepAll, device=device)
+    fast_paths = {"amp": amp, "compile": bool(compile_modules), "channels_last": bool(channels_last)}
+    session = InferenceSession(
+        model,
+        policy_factory=policy_factory or KeepAll,
+        device=device,
+        amp=amp,
+        compile_modules=compile_modules,
+        channels_last=channels_last,
+    )
     with PeakMemory(device) as memory:
         session.step(images[0], labels)
         start = time.perf_counter()
@@ -274,6 +288,7 @@ def profile_model(
         "fps": (frames - 1) / seconds,
         "peak_mem_mb": memory.peak_mb,
         "device": describe_device(device),
+        "fast_paths": fast_paths,
     }
 
 
@@ -314,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=2, help="objects in the reference frame")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     parser.add_argument("--memory-policy", action="store_true", help="use the preset's memory policy (default: all)")
+    parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast on CUDA")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the hot modules (eager fallback)")
+    parser.add_argument("--no-channels-last", action="store_true", help="keep every tensor NCHW")
     parser.add_argument("--json", help="also write the result to this JSON file")
     args = parser.parse_args(argv)
     if (args.model is None) == (args.config is None):
@@ -334,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
             num_objects=args.objects,
             device=resolve_device(args.device),
             policy_factory=policy,
+            amp=None if args.amp == "none" else args.amp,
+            compile_modules=args.compile,
+            channels_last=not args.no_channels_last,
         )
     except (ValueError, VOSDataError, ConfigError) as error:
         print(f"voszoo.profiling: {error}", file=sys.stderr)
