@@ -453,3 +453,47 @@ def test_quick_experiment_differs_from_stm_quick_by_the_model_only():
     assert quick.model.name == "mga_r18" and stm_quick.model.name == "stm_r18"
     assert quick.optim == stm_quick.optim and quick.trainer == stm_quick.trainer and quick.data == stm_quick.data
     assert {k for k in quick.model if quick.model[k] != stm_quick.model.get(k)} == {"_target_", "name", "prior"}
+
+
+# -- the prior on another matcher: AOT's long-term attention ---------------------------------------------------------
+def aot_pair():
+    """AOT-T built twice with the same weights, without and with the motion-guided prior (default init: P = 1)."""
+    torch.manual_seed(0)
+    plain = build_model(compose_model_config("aot_t"))
+    gated = build_model(compose_model_config("aot_t", ["prior=motion_guided"]))
+    missing, unexpected = gated.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(key.startswith("prior.") for key in missing)
+    return plain.eval(), gated.eval()
+
+
+def test_prior_on_aot_starts_as_plain_aot_and_then_gates_the_long_term_attention():
+    plain, gated = aot_pair()
+    assert isinstance(gated.prior, MotionGuidedPrior) and gated.prior.key_channels == 256
+    clip = tiny_clip()
+    with torch.no_grad():
+        torch.testing.assert_close(gated(clip)["logits"], plain(clip)["logits"])  # W = 0, b = 1: P = 1
+        nn.init.normal_(gated.prior.head[2].weight, std=0.5)
+        assert not torch.allclose(gated(clip)["logits"], plain(clip)["logits"])
+    gated.train()
+    out = gated(clip)
+    out["loss"].backward()
+    assert gated.prior.head[2].weight.grad.abs().sum() > 0  # trained through the gated attention
+
+
+def test_prior_on_aot_reads_the_union_of_the_previous_objects():
+    _, gated = aot_pair()
+    nn.init.normal_(gated.prior.head[2].weight, std=0.5)
+    seen = []
+    inner = gated.prior.forward
+    gated.prior.forward = lambda key, mask: seen.append(mask.detach().clone()) or inner(key, mask)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    first = np.zeros((64, 64), np.uint8)
+    first[8:28, 8:28], first[36:60, 30:60] = 1, 2
+    session = InferenceSession(gated, policy_factory=lambda: EveryN(n=9999))
+    for index, frame in enumerate(frames):
+        session.step(frame, first if index == 0 else None)
+    assert len(seen) == 2  # frames 1 and 2; the reference pass has no previous mask
+    torch.testing.assert_close(seen[0][0, 0], torch.as_tensor(first > 0, dtype=seen[0].dtype))
+    with pytest.raises(ValueError, match="form must be 'multiply'"):
+        log_form = ["prior=motion_guided", "prior.form=log_bias", "prior.positivity=softplus"]
+        build_model(compose_model_config("aot_t", log_form))

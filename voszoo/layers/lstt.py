@@ -238,6 +238,7 @@ class LSTTBlock(nn.Module):
         long_term: tuple[Tensor, Tensor] | None = None,
         short_term: tuple[Tensor, Tensor] | None = None,
         id_emb: Tensor | None = None,
+        long_term_gate: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Propagate memory into the current frame.
 
@@ -248,6 +249,8 @@ class LSTTBlock(nn.Module):
             short_term: memory (K (B, C, h, w), V (B, C, h, w)) of the previous frame.
             id_emb: (B, L, C) identification embedding of this frame's own mask: reference mode, both attentions
                 read this frame (``long_term`` / ``short_term`` must then be None).
+            long_term_gate: (B, L, 1) per-query scale of the long-term attention's output before the residual sum
+                (MGA's motion-guided prior, ``model/prior=motion_guided``); None: 1.
 
         Returns:
             (output (B, L, C), key K = linear_Q(norm2(x)) (B, L, C), un-fused value norm2(x) (B, L, C)).
@@ -267,6 +270,8 @@ class LSTTBlock(nn.Module):
         elif long_term is None or short_term is None:
             raise ValueError("LSTTBlock: without id_emb both long_term and short_term memories are required")
         lt = self.long_term_attn(query, *long_term)
+        if long_term_gate is not None:
+            lt = lt * long_term_gate
         st = self.short_term_attn(tokens_to_map(query, size), *short_term)
         x = x + self.lst_dropout(lt + st)
 
@@ -284,7 +289,7 @@ class LSTT(nn.Module):
     every block's output for the decoder (official ``MODEL_DECODER_INTERMEDIATE_LSTT``), ``final_norm``: the last.
     ``short_term_attention`` swaps every block's short-term matcher (``conf/model/matcher/``; see :class:`LSTTBlock`).
 
-    ``forward(x (B, L, C), *, size, pos, long_term, short_term, id_emb)`` takes per-layer memories
+    ``forward(x (B, L, C), *, size, pos, long_term, short_term, id_emb, long_term_gate)`` takes per-layer memories
     (lists of the block arguments) and returns ``(outputs, frame_memories)``: the L per-layer outputs (B, L, C)
     (normalised as above) and per layer the frame's un-fused (K, norm2(x)).
     """
@@ -359,6 +364,7 @@ class LSTT(nn.Module):
         long_term: list[tuple[Tensor, Tensor]] | None = None,
         short_term: list[tuple[Tensor, Tensor]] | None = None,
         id_emb: Tensor | None = None,
+        long_term_gate: Tensor | None = None,
     ) -> tuple[list[Tensor], list[tuple[Tensor, Tensor]]]:
         for name, memory in (("long_term", long_term), ("short_term", short_term)):
             if memory is not None and len(memory) != self.num_layers:
@@ -373,6 +379,7 @@ class LSTT(nn.Module):
                 long_term=None if long_term is None else long_term[index],
                 short_term=None if short_term is None else short_term[index],
                 id_emb=id_emb,
+                long_term_gate=long_term_gate,
             )
             outputs.append(x)
             memories.append((key, value))

@@ -46,6 +46,13 @@ Where the paper is silent, voszoo follows the official code:
   memory = the previous frame (``TEST_SHORT_TERM_MEM_SKIP = 1``);
 - the encoder learns at 0.1x the learning rate (``encoder_parameter_prefixes``; App. A.1.2).
 
+Optional ``prior`` (``model/prior=motion_guided``; Zhou et al., shared/papers/004, Sec. 2.1): MGA's motion-guided
+prior on AOT's long-term attention. AOT matches all objects at once, so the prior is computed from the union of the
+previous frame's objects (1 - p_background, memorised in ``memory.state["prior_mask"]``) and the frame's projected
+embedding (the per-query feature), and scales every LSTT block's long-term attention output per query position before
+the residual sum (the recipe of docs/methods/mga.md for residual blocks); the reference pass has no previous mask and
+no prior. With the prior's default initialisation (W = 0, b = 1) P = 1 and the model computes plain AOT.
+
 voszoo's own choices: training runs the shared unrolled forward with AOT's training memory gap instead of keeping
 every frame; the official reference-frame auxiliary loss, the teacher-forced first half of training and the frozen
 identity bank of the second half are not modelled (see docs/methods/aot.md).
@@ -58,13 +65,19 @@ from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
+from voszoo.layers.lstt import map_to_tokens
 from voszoo.layers.position import SinePositionEmbedding
 from voszoo.models.identity_model import IdentityVOSModel
 
 if TYPE_CHECKING:
     from voszoo.decoders.fpn import FPNHead
+    from voszoo.inference.memory import MemoryBank
     from voszoo.layers.identity import IdentityBank
     from voszoo.layers.lstt import LSTT
+    from voszoo.layers.motion_guided import MotionGuidedPrior
+    from voszoo.types import FrameFeatures
+
+PRIOR_MASK_KEY = "prior_mask"
 
 __all__ = ["AOT"]
 
@@ -86,6 +99,8 @@ class AOT(IdentityVOSModel):
         memory_mask: ``"hard"`` memorises the one-hot argmax of the probabilities (official), ``"soft"`` the
             probabilities themselves.
         id_dropout: dropout on the identification embedding (0 in AOT).
+        prior: MGA's motion-guided prior on the long-term attention (see the module docstring); its
+            ``key_channels`` must equal the LSTT width. None: AOT.
     """
 
     pending_key = "aot_pending"
@@ -105,6 +120,7 @@ class AOT(IdentityVOSModel):
         train_long_term_gap: int = 9999,
         memory_mask: str = "hard",
         id_dropout: float = 0.0,
+        prior: MotionGuidedPrior | None = None,
     ) -> None:
         super().__init__(
             encoder=encoder,
@@ -124,6 +140,16 @@ class AOT(IdentityVOSModel):
         self.patch_wise_id_bank = identity
         self.id_dropout = nn.Dropout(id_dropout)
         self.pos_generator = SinePositionEmbedding(num_pos_feats=lstt.d_model // 2, normalize=True)
+        if prior is not None and prior.form != "multiply":
+            raise ValueError(
+                f"AOT: the prior scales the long-term attention output: form must be 'multiply', got {prior.form!r}"
+            )
+        if prior is not None and prior.key_channels != lstt.d_model:
+            raise ValueError(
+                f"AOT: prior.key_channels={prior.key_channels} must equal the LSTT d_model={lstt.d_model} (the prior "
+                "reads the frame's projected embedding)"
+            )
+        self.prior = prior  # registered last: official state dicts keep their keys and order
 
     @property
     def propagator(self) -> LSTT:
@@ -135,6 +161,20 @@ class AOT(IdentityVOSModel):
 
     def _embed_identities(self, masks: Tensor, assignment: Tensor) -> Tensor:
         return self.id_dropout(self.patch_wise_id_bank(masks, assignment))
+
+    def memorize(self, memory: MemoryBank, feats: FrameFeatures, probs: Tensor, frame_index: int) -> None:
+        super().memorize(memory, feats, probs, frame_index)
+        if self.prior is not None:  # the session memorises every frame: this is the next frame's previous mask
+            memory.state[PRIOR_MASK_KEY] = 1.0 - probs[:, :1]
+
+    def _propagation_inputs(self, memory: MemoryBank, feats: FrameFeatures, *, reference: bool) -> dict[str, Tensor]:
+        if self.prior is None or reference:
+            return {}
+        previous = memory.state.get(PRIOR_MASK_KEY)
+        if previous is None:
+            raise RuntimeError("AOT with a prior: segment() needs the previous frame memorised first")
+        prior = self.prior(feats.cache["embedding"], previous.to(feats.cache["embedding"].dtype))
+        return {"long_term_gate": map_to_tokens(prior)}
 
     def extra_repr(self) -> str:
         return (
