@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -24,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from voszoo.profiling import machine_info
 
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "aot_fps.json"
 
@@ -117,15 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"bench_aot_fps: {error}", file=sys.stderr)
         return 2
-    machine = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "device": "cpu",
-        "weights": "random init",
-        "load_average_1min": round(os.getloadavg()[0], 2),  # other processes sharing the CPU slow every number
-    }
+    machine = {**machine_info("cpu"), "weights": "random init"}
     existing = json.loads(args.output.read_text()) if args.output.is_file() else {}
     existing.setdefault("results", {})
     for row in results:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from voszoo.layers.local_attention import local_window_attention
+from voszoo.profiling import cpu_model_name
 
 RESULTS = Path(__file__).resolve().parent / "results" / "local_attention.json"
 BACKENDS = ("dense", "tiled", "unfold", "flex")
@@ -127,16 +128,6 @@ def _child(spec: dict) -> dict:
     return result
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def _size(text: str) -> tuple[int, int]:
     try:
         h, w = (int(s) for s in text.lower().split("x"))
@@ -216,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     machine = dict(
         platform=platform.platform(),
-        cpu_model=_cpu_model(),
+        cpu_model=cpu_model_name(),
         cpu_count=os.cpu_count(),
         torch=torch.__version__,
         threads=torch.get_num_threads(),

@@ -144,14 +144,9 @@ def _load() -> float:
 
 
 def _machine() -> dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from voszoo.profiling import cpu_model_name
+
+    cpu = cpu_model_name()
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
