@@ -49,11 +49,12 @@ def identity_stats(logits: Tensor, labels: Tensor) -> dict[str, float]:
 
 
 def pick_batch(dataset: Any, size: int, *, min_objects: int) -> list[dict[str, Any]]:
-    """The first ``size`` samples of ``dataset`` (epoch 0, in index order, wrapping round) with at least
-    ``min_objects`` objects; ValueError naming the dataset if a full pass finds too few."""
+    """The first ``size`` samples of ``dataset`` (epoch 0, in index order) with at least ``min_objects`` objects;
+    ValueError naming the dataset if one pass finds too few (a second pass would only repeat the same clips: a
+    sample is fixed by its epoch and index)."""
     picked: list[dict[str, Any]] = []
-    for index in range(len(dataset) * 4):
-        sample = dataset[index % len(dataset)]
+    for index in range(len(dataset)):
+        sample = dataset[index]
         if int(sample["num_objects"]) >= min_objects:
             picked.append(sample)
             if len(picked) == size:
