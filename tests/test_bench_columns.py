@@ -197,6 +197,19 @@ def test_leaderboard_config_trains_every_quick_experiment() -> None:
     quick = sorted(p.stem for p in (conf / "experiment").glob("*_quick.yaml"))
     trained = sorted(str(o).removeprefix("experiment=") for e in board.entries if "train" in e for o in e.train)
     assert trained == quick
+    # every model preset is a row: trained through a quick experiment, or its cost columns alone
+    presets = sorted(p.stem for p in (conf / "model").glob("*.yaml"))
+    quick_models = {
+        next(
+            str(d["override /model"])
+            for d in OmegaConf.load(conf / "experiment" / f"{q}.yaml").defaults
+            if "override /model" in d
+        )
+        for q in quick
+    }
+    cost_only = {str(e.cost_only) for e in board.entries if "cost_only" in e}
+    assert not quick_models & cost_only
+    assert sorted(quick_models | cost_only) == presets
     demo = OmegaConf.load(conf / "bench.yaml")
     assert [e.name for e in demo.entries] == ["copy_first_frame", "stm_r18_quick"]  # the demo stays small
     assert OmegaConf.to_container(demo.profile) == {

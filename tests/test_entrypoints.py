@@ -137,3 +137,43 @@ def test_bench_prints_the_board_and_reports_failed_entries(trained: tuple[Path, 
     rows = json.loads((out / "leaderboard.json").read_text())["rows"]
     assert rows[0]["status"] == "ok" and 0.0 <= rows[0]["J&F"] <= 1.0
     assert (out / "leaderboard.md").read_text().count("\n|") == 4  # header, rule, two rows
+
+
+def test_bench_scores_a_given_checkpoint_and_profiles_cost_only_presets(trained: tuple[Path, Path]) -> None:
+    work, run_dir = trained
+    out = work / "bench_kinds"
+    entries = (
+        f"entries=[{{name: given, evaluate: ['model=stm_r18', 'checkpoint={run_dir / 'last.pt'}']}},"
+        " {name: costs, cost_only: stm_r18, overrides: ['decoder.hidden_channels=32']},"
+        " {name: trained_here, train: [" + ", ".join(f"'{o}'" for o in QUICK) + "]},"
+        " {name: no_weights, evaluate: ['model=stm_r18']},"
+        " {name: two_kinds, cost_only: stm_r18, baseline: copy_first_frame}]"
+    )
+    tiny_profile = ["profile.size=[64,64]", "profile.frames=2", "profile.device=cpu", "plot=false"]
+    done = run(
+        "voszoo.benchmark",
+        entries,
+        *tiny_profile,
+        *TINY_DATA,
+        f"data.root={work / 'toy'}",
+        f"hydra.run.dir={out}",
+        cwd=work,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]  # the two bad entries fail, after the others finished
+    rows = {row["entry"]: row for row in json.loads((out / "leaderboard.json").read_text())["rows"]}
+    # the given checkpoint is scored exactly as its training run scored it, and profiled
+    trained_metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert rows["given"]["status"] == "ok" and rows["given"]["train data"] == "checkpoint"
+    assert rows["given"]["J&F"] == pytest.approx(trained_metrics["J&F"], abs=1e-9)
+    assert rows["given"]["params"] > 0 and rows["given"]["fps"] > 0
+    # a training entry on the same tiny ToyVOS (the child gets the board's generation parameters) trains the same run
+    assert rows["trained_here"]["status"] == "ok" and rows["trained_here"]["train steps"] == 2
+    assert rows["trained_here"]["J&F"] == pytest.approx(trained_metrics["J&F"], abs=1e-9)
+    # cost only: the preset with its overrides is profiled, no score is invented
+    assert rows["costs"]["status"] == "ok (cost only)" and rows["costs"]["J&F"] is None
+    assert 0 < rows["costs"]["params"] < rows["given"]["params"]  # the narrower decoder has fewer parameters
+    assert "needs a checkpoint=<path>" in rows["no_weights"]["status"]
+    assert (
+        "needs exactly one of baseline, train, evaluate, cost_only (found: baseline, cost_only)"
+        in (rows["two_kinds"]["status"])
+    )

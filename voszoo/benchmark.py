@@ -1,11 +1,20 @@
 """voszoo-bench: the leaderboard on one dataset (Hydra app, conf/bench.yaml; docs/leaderboard.md).
 
-Each entry is either a baseline (``copy_first_frame``) scored directly, or a model preset trained by voszoo-train in
-a child process (``train: [experiment=..., ...]``) and scored on the evaluation split. Every model entry is then
-profiled in a fresh process (``python -m voszoo.profiling``, see :mod:`voszoo.profiling`): parameters, MACs of one
-inference step, FPS and peak memory at ``profile.size`` (480p by default). With ``published: true`` the papers'
-results for the board's dataset and split (``benchmarks/published.yaml``) are added as rows whose ``source`` says
-``published (paper, table)``; measured rows say ``measured (here)``. ToyVOS has no published rows.
+Each entry is one of (one key each):
+
+- ``baseline: copy_first_frame``: scored directly;
+- ``train: [experiment=..., ...]``: voszoo-train overrides; trained in a child process and scored on the evaluation
+  split (the training run's final evaluation);
+- ``evaluate: [model=..., checkpoint=..., ...]``: voszoo-eval overrides; a given checkpoint (e.g. official weights on
+  DAVIS) scored in a child process, no training;
+- ``cost_only: <preset>`` (optionally ``overrides: [key=value, ...]`` of the model config): the cost columns alone,
+  for presets that cannot be trained or scored on this machine (J&F stays empty; the row says so).
+
+Every model entry is then profiled in a fresh process (``python -m voszoo.profiling``, see
+:mod:`voszoo.profiling`): parameters, MACs of one inference step, FPS and peak memory at ``profile.size`` (480p by
+default). With ``published: true`` the papers' results for the board's dataset and split
+(``benchmarks/published.yaml``) are added as rows whose ``source`` says ``published (paper, table)``; measured rows
+say ``measured (here)``. ToyVOS has no published rows.
 
 Results go to ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json`` and (when matplotlib is installed)
 ``leaderboard.png`` (J&F against FPS) in the output dir, and the table is printed. A failing entry is reported as a
@@ -35,6 +44,7 @@ __all__ = ["COLUMNS", "failed_rows", "format_markdown", "main", "published_rows"
 logger = logging.getLogger("voszoo.bench")
 
 BASELINES = ("copy_first_frame",)
+ENTRY_KINDS = ("baseline", "train", "evaluate", "cost_only")
 MEASURED = "measured (here)"
 PUBLISHED_STATUS = "published"
 # row keys, in table order; scores are fractions in [0, 1] in the rows, csv and json (the markdown shows percentages)
@@ -97,12 +107,43 @@ def _run_logged(command: list[str], log_path: Path, what: str) -> None:
         raise RuntimeError(f"{what} exited with {completed.returncode} (log: {log_path}): " + " | ".join(tail))
 
 
+def _data_overrides(cfg: DictConfig) -> list[str]:
+    """Overrides that give a child process the board's dataset: its config, folder and (ToyVOS) the generation
+    parameters, which must match the generated folder exactly."""
+    overrides = [f"data={cfg.data.name}", f"data.root={cfg.data.root}"]
+    generate = cfg.data.get("generate")
+    if generate is not None:
+        values = OmegaConf.to_container(generate, resolve=True)
+        overrides += [f"data.generate.{key}={json.dumps(value)}" for key, value in values.items()]
+    return overrides
+
+
 def _run_training(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     overrides = [str(o) for o in entry.train]
-    data_overrides = [f"data={cfg.data.name}", f"data.root={cfg.data.root}", f"seed={cfg.seed}"]
+    data_overrides = [*_data_overrides(cfg), f"seed={cfg.seed}"]
     command = [sys.executable, "-m", "voszoo.train", *data_overrides, *overrides, f"hydra.run.dir={out_dir}"]
     _run_logged(command, out_dir / "train.log", "voszoo-train")
     return json.loads((out_dir / "metrics.json").read_text())
+
+
+def _run_evaluation(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    overrides = [str(o) for o in entry.evaluate]
+    if not any(o.split("=", 1)[0].lstrip("+") == "checkpoint" for o in overrides):
+        # random weights would give a meaningless score that looks like a result
+        raise ValueError(f"entry {entry.name!r}: 'evaluate' needs a checkpoint=<path> override (got {overrides})")
+    data_overrides = [*_data_overrides(cfg), f"workers={int(cfg.workers)}"]
+    command = [sys.executable, "-m", "voszoo.evaluate", *data_overrides, *overrides, f"hydra.run.dir={out_dir}"]
+    _run_logged(command, out_dir / "eval.log", "voszoo-eval")
+    return json.loads((out_dir / "metrics.json").read_text())
+
+
+def _entry_kind(entry: DictConfig) -> str:
+    """The one key among ENTRY_KINDS that ``entry`` sets (a clear error for none or several)."""
+    kinds = [kind for kind in ENTRY_KINDS if entry.get(kind)]
+    if len(kinds) != 1:
+        found = ", ".join(kinds) if kinds else "none"
+        raise ValueError(f"entry {entry.get('name')!r} needs exactly one of {', '.join(ENTRY_KINDS)} (found: {found})")
+    return kinds[0]
 
 
 def _fast_path_flags(fast_paths: DictConfig | None) -> list[str]:
@@ -119,14 +160,26 @@ def _fast_path_flags(fast_paths: DictConfig | None) -> list[str]:
     return flags
 
 
-def _run_profile(profile: DictConfig, out_dir: Path, fast_paths: DictConfig | None = None) -> dict[str, Any]:
-    """Profile the model of the training run in ``out_dir`` (its ``.hydra/config.yaml``) in a fresh process, so that
-    the peak memory is that of one short inference session and nothing else."""
+def _profile_source(entry: DictConfig, out_dir: Path) -> list[str]:
+    """``voszoo.profiling`` arguments naming the entry's model: the run config its child process wrote in
+    ``out_dir`` (train / evaluate), or the preset and overrides of a ``cost_only`` entry."""
+    if entry.get("cost_only"):
+        overrides = [str(o) for o in entry.get("overrides") or []]
+        return [str(entry.cost_only), *(arg for o in overrides for arg in ("--override", o))]
     config = out_dir / ".hydra" / "config.yaml"
     if not config.is_file():
-        raise RuntimeError(f"profiling: the training run wrote no config at {config}")
+        raise RuntimeError(f"profiling: the run wrote no config at {config}")
+    return ["--config", str(config)]
+
+
+def _run_profile(
+    profile: DictConfig, out_dir: Path, fast_paths: DictConfig | None = None, *, source: list[str]
+) -> dict[str, Any]:
+    """Profile the model named by ``source`` (:func:`_profile_source`) in a fresh process, so that the peak memory
+    is that of one short inference session and nothing else."""
+    out_dir.mkdir(parents=True, exist_ok=True)
     result_path = out_dir / "profile.json"
-    command = [sys.executable, "-m", "voszoo.profiling", "--config", str(config), "--memory-policy"]
+    command = [sys.executable, "-m", "voszoo.profiling", *source, "--memory-policy"]
     command += ["--size", *(str(int(s)) for s in profile.size), "--frames", str(int(profile.frames))]
     command += ["--objects", str(int(profile.num_objects)), "--device", str(profile.device), "--json", str(result_path)]
     command += _fast_path_flags(fast_paths)
@@ -216,20 +269,26 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
         begin = time.perf_counter()
         row: dict[str, Any] = {"entry": str(entry.name), "source": MEASURED}
         try:
-            if entry.get("baseline"):
+            kind = _entry_kind(entry)
+            result: dict[str, Any] = {}
+            if kind == "baseline":
                 result = _run_baseline(entry, cfg, entry_dir)
-            elif entry.get("train"):
+            elif kind == "train":
                 result = _run_training(entry, cfg, entry_dir)
                 row["train data"] = f"{cfg.data.name} train"
-            else:
-                raise ValueError(f"entry {entry.name!r} needs either 'baseline' or 'train'")
+            elif kind == "evaluate":
+                result = _run_evaluation(entry, cfg, entry_dir)
+                row["train data"] = "checkpoint"
+            elif profile is None or not profile.get("enabled", True):
+                raise ValueError(f"entry {entry.name!r}: 'cost_only' needs profile.enabled: true")
             row.update({k: result.get(k) for k in ("J&F", "J", "F")})
             row["eval fps"] = result.get("fps")
             row["train steps"] = result.get("steps")
-            if entry.get("train") and profile is not None and profile.get("enabled", True):
-                costs = _run_profile(profile, entry_dir, cfg.get("fast_paths"))
+            if kind != "baseline" and profile is not None and profile.get("enabled", True):
+                source = _profile_source(entry, entry_dir)
+                costs = _run_profile(profile, entry_dir, cfg.get("fast_paths"), source=source)
                 row.update({k: costs.get(k) for k in ("params", "macs_per_frame", "fps", "peak_mem_mb", "device")})
-            row["status"] = "ok"
+            row["status"] = "ok (cost only)" if kind == "cost_only" else "ok"
         except Exception as error:  # noqa: BLE001 - a failed entry is a row, not the end of the board
             logger.error("entry %s failed: %s\n%s", entry.name, error, traceback.format_exc())
             row["status"] = f"failed: {error}"
@@ -344,7 +403,7 @@ def _write_outputs(rows: list[dict[str, Any]], output_dir: Path, cfg: DictConfig
 
 def failed_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The measured rows that did not finish (published rows never count)."""
-    return [row for row in rows if row.get("source") == MEASURED and row.get("status") != "ok"]
+    return [row for row in rows if row.get("source") == MEASURED and not str(row.get("status")).startswith("ok")]
 
 
 def _task(cfg: DictConfig) -> None:
