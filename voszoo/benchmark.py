@@ -118,23 +118,25 @@ def _data_overrides(cfg: DictConfig) -> list[str]:
     return overrides
 
 
-def _run_training(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    overrides = [str(o) for o in entry.train]
-    data_overrides = [*_data_overrides(cfg), f"seed={cfg.seed}"]
-    command = [sys.executable, "-m", "voszoo.train", *data_overrides, *overrides, f"hydra.run.dir={out_dir}"]
-    _run_logged(command, out_dir / "train.log", "voszoo-train")
+def _run_child(module: str, overrides: list[str], out_dir: Path, *, log_name: str, what: str) -> dict[str, Any]:
+    """Run ``python -m <module>`` (a voszoo Hydra app) with ``overrides`` into ``out_dir``; its ``metrics.json``."""
+    command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={out_dir}"]
+    _run_logged(command, out_dir / log_name, what)
     return json.loads((out_dir / "metrics.json").read_text())
+
+
+def _run_training(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    overrides = [*_data_overrides(cfg), f"seed={cfg.seed}", *(str(o) for o in entry.train)]
+    return _run_child("voszoo.train", overrides, out_dir, log_name="train.log", what="voszoo-train")
 
 
 def _run_evaluation(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    overrides = [str(o) for o in entry.evaluate]
-    if not any(o.split("=", 1)[0].lstrip("+") == "checkpoint" for o in overrides):
+    given = [str(o) for o in entry.evaluate]
+    if not any(o.split("=", 1)[0].lstrip("+") == "checkpoint" for o in given):
         # random weights would give a meaningless score that looks like a result
-        raise ValueError(f"entry {entry.name!r}: 'evaluate' needs a checkpoint=<path> override (got {overrides})")
-    data_overrides = [*_data_overrides(cfg), f"workers={int(cfg.workers)}"]
-    command = [sys.executable, "-m", "voszoo.evaluate", *data_overrides, *overrides, f"hydra.run.dir={out_dir}"]
-    _run_logged(command, out_dir / "eval.log", "voszoo-eval")
-    return json.loads((out_dir / "metrics.json").read_text())
+        raise ValueError(f"entry {entry.name!r}: 'evaluate' needs a checkpoint=<path> override (got {given})")
+    overrides = [*_data_overrides(cfg), f"workers={int(cfg.workers)}", *given]
+    return _run_child("voszoo.evaluate", overrides, out_dir, log_name="eval.log", what="voszoo-eval")
 
 
 def _entry_kind(entry: DictConfig) -> str:
@@ -260,6 +262,7 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
     prepare_data(cfg.data)
     published = _published_for(cfg)  # read before hours of training: a broken file fails now
     profile = cfg.get("profile")
+    profiling = profile is not None and bool(profile.get("enabled", True))
     rows: list[dict[str, Any]] = []
     entries = list(cfg.entries)
     bar = tqdm(entries, desc="leaderboard", unit="entry", disable=None)  # tqdm's ETA: mean time per entry so far
@@ -279,12 +282,12 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
             elif kind == "evaluate":
                 result = _run_evaluation(entry, cfg, entry_dir)
                 row["train data"] = "checkpoint"
-            elif profile is None or not profile.get("enabled", True):
+            elif not profiling:
                 raise ValueError(f"entry {entry.name!r}: 'cost_only' needs profile.enabled: true")
             row.update({k: result.get(k) for k in ("J&F", "J", "F")})
             row["eval fps"] = result.get("fps")
             row["train steps"] = result.get("steps")
-            if kind != "baseline" and profile is not None and profile.get("enabled", True):
+            if kind != "baseline" and profiling:
                 source = _profile_source(entry, entry_dir)
                 costs = _run_profile(profile, entry_dir, cfg.get("fast_paths"), source=source)
                 row.update({k: costs.get(k) for k in ("params", "macs_per_frame", "fps", "peak_mem_mb", "device")})
