@@ -106,7 +106,8 @@ class StaticClipDataset(BaseClipDataset):
     """Synthetic T-frame training clips from :class:`StaticImages`, output like :class:`ClipDataset`.
 
     Arguments (keyword-only):
-        images: the image/mask folder.
+        images: the image/mask folder (or any source with ``names``, ``len()`` and ``read(i)``, e.g.
+            :class:`voszoo.data.toy_stream.StreamFirstFrames`).
         transform: the clip-consistent augmentation applied after the per-frame warps.
         num_frames: T.
         max_objects: at most this many objects per clip (random subset of those visible in the first frame).

@@ -266,15 +266,22 @@ def _footprint(layer: Layer, t: int, height: int, width: int) -> tuple[int, int,
     return y0, y1, x0, x1
 
 
-def render_video(layers: list[Layer], *, size: tuple[int, int], frames: int | None = None) -> RenderedVideo:
+def render_video(
+    layers: list[Layer], *, size: tuple[int, int], frames: int | None = None, start: int = 0
+) -> RenderedVideo:
     """Paint ``layers`` (bottom first; layer 0 should cover the plane) for every frame, with labels and flow.
 
     Each pixel takes the texture of the topmost layer whose mask contains its pre-image; labels are that layer's
-    ``label``. ``frames`` renders only the first ``frames`` frames (flow then has ``frames - 1`` entries).
+    ``label``. ``frames`` renders only the first ``frames`` frames (flow then has ``frames - 1`` entries);
+    ``start`` skips the frames before it (every output then begins at frame ``start``: ``frames - start`` frames and
+    ``frames - start - 1`` flows). Each frame depends only on the layers, so a range equals that slice of the whole.
     """
     height, width = size
     total = layers[0].affines.shape[0]
-    count = total if frames is None else frames
+    end = total if frames is None else frames
+    if not 0 <= start < end <= total:
+        raise ValueError(f"render_video: need 0 <= start < frames <= {total}, got start={start}, frames={frames}")
+    count = end - start
     planes = [np.ascontiguousarray(np.moveaxis(layer.texture, -1, 0).reshape(3, -1)) for layer in layers]
     out_frames = np.zeros((count, height, width, 3), dtype=np.uint8)
     out_top = np.zeros((count, height, width), dtype=np.int16)
@@ -283,16 +290,17 @@ def render_video(layers: list[Layer], *, size: tuple[int, int], frames: int | No
     in_view = np.zeros((count, len(layers)), dtype=np.int64)
     label_of = np.asarray([layer.label for layer in layers], dtype=np.uint8)
     for t in range(count):
+        frame = start + t
         canvas = np.zeros((3, height * width), dtype=np.float32)  # planar, pixels flattened row-major
         top = out_top[t].reshape(-1)
         flow = np.zeros((2, height * width), dtype=np.float64)
         for index, layer in enumerate(layers):
-            window = _footprint(layer, t, height, width)
+            window = _footprint(layer, frame, height, width)
             if window is None:
                 continue
             y0, y1, x0, x1 = window
             y, x = (grid.ravel() for grid in np.mgrid[y0:y1, x0:x1].astype(np.float64))
-            inverse = invert(layer.affines[t])
+            inverse = invert(layer.affines[frame])
             u, v = _apply(inverse, x, y)
             if layer.radii is not None:
                 mask = _inside(layer.radii, u, v)
@@ -309,7 +317,7 @@ def render_video(layers: list[Layer], *, size: tuple[int, int], frames: int | No
             top[pixels] = index
             if t < count - 1:
                 # forward flow: where this surface point lands at t+1, minus where it is now
-                nx, ny = _apply(compose(layer.affines[t + 1], inverse), x, y)
+                nx, ny = _apply(compose(layer.affines[frame + 1], inverse), x, y)
                 flow[0, pixels] = nx - x
                 flow[1, pixels] = ny - y
         out_frames[t] = np.clip(np.rint(canvas), 0, 255).astype(np.uint8).T.reshape(height, width, 3)
