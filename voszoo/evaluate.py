@@ -175,12 +175,14 @@ def _evaluate(cfg: DictConfig, output_dir: str | Path, *, device: str, group: Ev
 
     from voszoo.evaluation.pipeline import write_metrics
     from voszoo.instantiate import build
-    from voszoo.models.registry import build_model
+    from voszoo.models.registry import build_model, without_weights
 
     prepare_data(cfg.data)
     if cfg.checkpoint is None:
         torch.manual_seed(0)  # the same random weights in every rank (and run)
-    model = build_model(cfg.model)
+        model = build_model(cfg.model)
+    else:  # the checkpoint holds every weight: encoder weights (a file, a download, the ToyVOS cache) are not needed
+        model = build_model(without_weights(cfg.model))
     loaded = load_weights(model, cfg)
     collection = build(cfg.data.eval, key="data.eval")
     result = evaluate_model(

@@ -339,10 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     from voszoo.cli_common import resolve_device
     from voszoo.data.io import VOSDataError
     from voszoo.instantiate import ConfigError
-    from voszoo.models.registry import build_memory_policy, build_model
+    from voszoo.models.registry import build_memory_policy, build_model, without_weights
 
     try:
-        node = _load_model_config(args)
+        node = without_weights(_load_model_config(args))  # costs do not depend on the weights: load none
         model = build_model(node)
         policy = (lambda: build_memory_policy(node)) if args.memory_policy else None
         result = profile_model(

@@ -34,10 +34,12 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     )
     from voszoo.evaluation.pipeline import write_metrics
     from voszoo.instantiate import build
+    from voszoo.pretrain import prepare_pretrained
     from voszoo.types import collate_clips
 
     output_dir = Path(output_dir)
     prepare_data(cfg.data)
+    prepare_pretrained(cfg.model)  # weights: toyvos is pre-trained once per machine, on first use
     run = build_run(cfg)
     model, dataset, optimizer, schedule = run["model"], run["dataset"], run["optimizer"], run["schedule"]
     trainer_args = run["args"]

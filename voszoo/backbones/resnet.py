@@ -47,7 +47,8 @@ class ResNetBackbone(nn.Module):
 
     Args:
         depth: 18, 34, 50 or 101.
-        weights: None (random init), a path to a ``.pth`` state dict of torchvision's ``resnet<depth>`` (keys
+        weights: None (random init), ``"toyvos"`` (the cached ToyVOS pre-training of ``voszoo-pretrain``,
+            docs/pretraining.md), a path to a ``.pth`` state dict of torchvision's ``resnet<depth>`` (keys
             ``layer4.*`` and ``fc.*`` are ignored, any other mismatch is an error), or the name of a torchvision
             weight enum member such as ``"IMAGENET1K_V1"`` (downloads: only on a machine with internet).
         extra_input_channels: extra per-pixel inputs (e.g. 2 for STM's object mask and other-objects mask) fed
@@ -110,7 +111,9 @@ class ResNetBackbone(nn.Module):
 
     def load_torchvision_weights(self, weights: str) -> None:
         """Load torchvision ResNet weights from a file path or a weight enum name (see the class docstring)."""
-        state, source = read_torchvision_weights(weights, enum_name=_WEIGHT_ENUMS[self.depth], owner="ResNetBackbone")
+        state, source = read_torchvision_weights(
+            weights, enum_name=_WEIGHT_ENUMS[self.depth], owner="ResNetBackbone", architecture=f"resnet{self.depth}"
+        )
         kept = {k: v for k, v in state.items() if not k.startswith(_UNUSED_PREFIXES)}
         not_loaded = ("conv1_extra.",)
         if self.image_channels != 3:  # an RGB conv1 does not fit: conv1 keeps its own init

@@ -8,6 +8,7 @@ tests, DESIGN.md section 7).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,16 +16,33 @@ import torch
 import torchvision
 from torch import Tensor
 
-__all__ = ["check_torchvision_load", "read_torchvision_weights"]
+__all__ = ["TOYVOS_WEIGHTS", "check_torchvision_load", "read_torchvision_weights"]
+
+logger = logging.getLogger(__name__)
+
+TOYVOS_WEIGHTS = "toyvos"
+"""``weights:`` value naming the cached ToyVOS pre-training (``voszoo-pretrain``, docs/pretraining.md)."""
 
 
-def read_torchvision_weights(weights: str, *, enum_name: str, owner: str) -> tuple[dict[str, Tensor], str]:
-    """``(state dict, source)`` of ``weights``: an existing file path, else a member name of the torchvision weight
-    enum ``enum_name`` (e.g. ``"MobileNet_V2_Weights"``). ``source`` names where it came from for messages.
+def read_torchvision_weights(
+    weights: str, *, enum_name: str, owner: str, architecture: str | None = None
+) -> tuple[dict[str, Tensor], str]:
+    """``(state dict, source)`` of ``weights``: ``"toyvos"`` (the cached ToyVOS pre-training of ``architecture``,
+    e.g. ``"resnet18"``: :func:`voszoo.pretrain.load_toyvos_weights`), an existing file path, else a member name of
+    the torchvision weight enum ``enum_name`` (e.g. ``"MobileNet_V2_Weights"``). ``source`` names where it came from
+    for messages, and is logged.
 
     Raises ValueError, prefixed by ``owner``, for a name that is neither a file nor an enum member (listing the
     valid names) and for a file that does not hold a dict.
     """
+    if weights == TOYVOS_WEIGHTS:
+        from voszoo.pretrain import load_toyvos_weights  # local: the cache needs Hydra and the engine
+
+        if architecture is None:
+            raise ValueError(f"{owner}: weights='toyvos' is not available for this backbone")
+        state, source = load_toyvos_weights(architecture)
+        logger.info("%s: loading %s", owner, source)
+        return state, source
     path = Path(weights).expanduser()
     if path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -26,6 +26,7 @@ __all__ = [
     "create_model",
     "list_components",
     "list_models",
+    "without_weights",
 ]
 
 RESERVED_MODEL_KEYS = ("name", "memory")
@@ -159,10 +160,11 @@ def _override_value(value: Any) -> str:
     return str(value)
 
 
-def random_weights_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """The composed config of preset ``name`` with every ``weights`` key set to null, so that nothing is loaded or
-    downloaded and every module starts from random initialisation (benchmarks of speed and memory)."""
-    cfg = compose_model_config(name, overrides)
+def without_weights(cfg: DictConfig) -> DictConfig:
+    """A copy of model config ``cfg`` with every ``weights`` key set to null: nothing is loaded, downloaded or
+    pre-trained when it is built. For a model whose every weight is then overwritten (a checkpoint) or irrelevant
+    (speed and memory benchmarks)."""
+    cfg = cfg.copy()
 
     def clear(node: Any) -> None:
         if isinstance(node, DictConfig):
@@ -177,3 +179,9 @@ def random_weights_config(name: str, overrides: list[str] | tuple[str, ...] = ()
 
     clear(cfg)
     return cfg
+
+
+def random_weights_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The composed config of preset ``name`` with every ``weights`` key set to null, so that nothing is loaded or
+    downloaded and every module starts from random initialisation (benchmarks of speed and memory)."""
+    return without_weights(compose_model_config(name, overrides))
