@@ -62,7 +62,7 @@ def test_rows_change_what_they_say() -> None:
     assert (
         aot["identities_5"]["identity"]["num_identities"] == 5 and aot["identities_5"]["decoder"]["out_channels"] == 6
     )
-    assert aot["layers_3"]["lstt"]["num_layers"] == 3 and aot["layers_3"]["encoder"]["frozen_bn"] is False
+    assert aot["layers_3"]["lstt"]["num_layers"] == 3 and aot["layers_3"]["encoder"]["weights"] == "toyvos"
     munet = {row: model_of("ablation_munet_table4", row) for row in ("a_baseline_ce", "f_addition")}
     assert munet["a_baseline_ce"]["model"].get("motion") is None
     assert munet["f_addition"]["model"]["motion"]["fusion"]["_target_"].endswith("AdditiveFusion")

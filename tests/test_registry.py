@@ -58,6 +58,10 @@ def test_quick_experiment_only_changes_what_it_says() -> None:
     with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
         base = compose(config_name="train", overrides=["model=stm_r18", "trainer=quick"])
         quick = compose(config_name="train", overrides=["experiment=stm_quick"])
-    assert quick.model == base.model  # the architecture is the preset's
-    assert (quick.optim.lr, quick.optim.encoder_lr_mult, quick.trainer.max_steps) == (3e-4, 1.0, 400)
+    for encoder in ("query_encoder", "memory_encoder"):  # the architecture is the preset's; only the init differs
+        assert quick.model[encoder].weights == "toyvos" and base.model[encoder].weights is None
+        base.model[encoder].weights = "toyvos"
+    assert quick.model == base.model
+    assert (quick.optim.lr, quick.optim.encoder_lr_mult, quick.trainer.max_steps) == (3e-4, 0.1, 400)
+    assert quick.data.train_source == "stream" and base.data.train_source == "folder"
     assert list(quick.data.train.transform.size) == [96, 96] and quick.data.eval == base.data.eval
