@@ -97,6 +97,24 @@ def _run_baseline(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str
     return evaluate_predictor(CopyFirstFrame(), collection, out_dir, workers=int(cfg.workers))
 
 
+def _prepare_pretrained(entries: Any) -> None:
+    """Build the ToyVOS pre-training the training entries need (``weights: toyvos``) here, with its progress bar in
+    view, rather than silently inside the first child run's log. An entry that does not compose is left to fail as
+    its own row."""
+    from voszoo.hydra_compose import compose_config
+    from voszoo.pretrain import prepare_pretrained
+
+    for entry in entries:
+        if "train" not in entry:
+            continue
+        try:
+            model_cfg = compose_config("train", [str(o) for o in entry.train]).model
+        except Exception as error:  # noqa: BLE001 - reported by the entry's own run
+            logger.warning("entry %s: cannot compose its config to look for weights: toyvos (%s)", entry.name, error)
+            continue
+        prepare_pretrained(model_cfg)
+
+
 def _run_logged(command: list[str], log_path: Path, what: str) -> None:
     logger.info("%s: %s", what, " ".join(command))
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,6 +279,7 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
     output_dir = Path(output_dir)
     prepare_data(cfg.data)
     published = _published_for(cfg)  # read before hours of training: a broken file fails now
+    _prepare_pretrained(cfg.entries)
     profile = cfg.get("profile")
     profiling = profile is not None and bool(profile.get("enabled", True))
     rows: list[dict[str, Any]] = []

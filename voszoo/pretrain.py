@@ -70,21 +70,9 @@ def recipe_of(cfg: DictConfig) -> dict[str, Any]:
 def compose_pretrain_config(overrides: Sequence[str] = ()) -> DictConfig:
     """conf/pretrain.yaml with Hydra ``overrides``, composed without leaving Hydra state behind (a caller's own
     Hydra instance, e.g. inside voszoo-train, is restored)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    from voszoo.hydra_compose import compose_config
 
-    from voszoo._paths import conf_dir
-
-    global_hydra = GlobalHydra.instance()
-    saved = global_hydra.hydra if global_hydra.is_initialized() else None
-    global_hydra.clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="voszoo_pretrain"):
-            return compose("pretrain", overrides=list(overrides))
-    finally:
-        GlobalHydra.instance().clear()
-        if saved is not None:
-            GlobalHydra.instance().initialize(saved)
+    return compose_config("pretrain", overrides)
 
 
 def _default_overrides(architecture: str) -> list[str]:

@@ -77,10 +77,8 @@ def compose_model_config(name: str, overrides: list[str] | tuple[str, ...] = ())
 
     Uses Hydra's compose API without leaving global state behind, and restores a caller's own Hydra instance.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
     from voszoo._paths import conf_dir
+    from voszoo.hydra_compose import compose_config
 
     valid = list_models()
     if name not in valid:
@@ -93,20 +91,11 @@ def compose_model_config(name: str, overrides: list[str] | tuple[str, ...] = ())
         group_key = key.split("@")[0]
         is_group = "." not in group_key and (conf_dir() / "model" / group_key).is_dir()
         hydra_overrides.append(f"model/{key}={value}" if is_group else f"model.{key}={value}")
-    global_hydra = GlobalHydra.instance()
-    saved = global_hydra.hydra if global_hydra.is_initialized() else None
-    global_hydra.clear()
     try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="voszoo"):
-            try:
-                cfg = compose(overrides=hydra_overrides)
-            except ConfigCompositionException as error:
-                _raise_missing_slot(name, error)
-                raise
-    finally:
-        GlobalHydra.instance().clear()
-        if saved is not None:
-            GlobalHydra.instance().initialize(saved)
+        cfg = compose_config(None, hydra_overrides)
+    except ConfigCompositionException as error:
+        _raise_missing_slot(name, error)
+        raise
     return cfg.model
 
 

@@ -1,0 +1,172 @@
+"""Learning curves of the quick recipes on ToyVOS: J&F against training step for each method and the copy-first-frame
+baseline, plus each final checkpoint scored on a ToyVOS val made with another seed and on the train split.
+
+Each experiment is one ``voszoo-train experiment=<name>_quick trainer.eval_every=<every>`` run in
+``<runs>/<name>``; a run that was interrupted resumes (``resume=auto``) and a finished one is not run again, so the
+script can be stopped and restarted across sessions. The results go to a JSON file (rewritten after every
+experiment) and a PNG (matplotlib, the ``plot`` extra). Runs one after another: on 2 cores two trainings at once
+only slow each other down.
+
+    python benchmarks/learning_curves.py                                  # all six, 400 steps, scored every 100
+    python benchmarks/learning_curves.py --experiments stm aot --png docs/figures/learning_curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+__all__ = ["curve_of", "main"]
+
+EXPERIMENTS = ("stm", "aot", "sitvos", "munet", "mga", "batman")
+PRESETS = {  # the model preset each quick experiment trains (voszoo-eval takes presets, not experiments)
+    "stm": "stm_r18",
+    "aot": "aot_t_r18",
+    "sitvos": "sitvos_r18",
+    "munet": "munet_r18",
+    "mga": "mga_r18",
+    "batman": "batman_light",
+}
+HERE = Path(__file__).resolve().parent
+
+
+def _python(module: str, *overrides: str, log: Path) -> None:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as handle:
+        done = subprocess.run([sys.executable, "-m", module, *overrides], stdout=handle, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = " | ".join(log.read_text().strip().splitlines()[-5:])
+        raise RuntimeError(f"python -m {module} failed (log {log}): {tail}")
+
+
+def curve_of(run_dir: Path) -> list[tuple[int, float]]:
+    """(step, J&F) of the periodic evaluations in a run's metrics.jsonl, then the final score (metrics.json)."""
+    points: dict[int, float] = {}
+    records = run_dir / "metrics.jsonl"
+    if records.is_file():
+        for line in records.read_text().splitlines():
+            record = json.loads(line)
+            if "eval/J&F" in record:
+                points[int(record["step"])] = float(record["eval/J&F"])
+    final = run_dir / "metrics.json"
+    if final.is_file():
+        metrics = json.loads(final.read_text())
+        points[int(metrics["steps"])] = float(metrics["J&F"])
+    return sorted(points.items())
+
+
+def _score(checkpoint: Path, experiment: str, out: Path, data: list[str], log: Path) -> dict[str, Any]:
+    if not (out / "metrics.json").is_file():
+        _python(
+            "voszoo.evaluate",
+            f"model={PRESETS[experiment]}",
+            f"checkpoint={checkpoint}",
+            *data,
+            f"hydra.run.dir={out}",
+            log=log,
+        )
+    metrics = json.loads((out / "metrics.json").read_text())
+    return {k: metrics[k] for k in ("J&F", "J", "F")}
+
+
+def _baseline(data: list[str], out: Path, log: Path) -> float:
+    """Copy-first-frame J&F on the dataset ``data`` selects (through voszoo-bench's baseline entry)."""
+    result = out / "metrics_baseline.json"
+    if not result.is_file():
+        entries = "entries=[{name: copy_first_frame, baseline: copy_first_frame}]"
+        _python(
+            "voszoo.benchmark", entries, "profile.enabled=false", "plot=false", *data, f"hydra.run.dir={out}", log=log
+        )
+        board = json.loads((out / "leaderboard.json").read_text())
+        score = next(r["J&F"] for r in board["rows"] if r.get("entry") == "copy_first_frame")
+        result.write_text(json.dumps({"J&F": score}) + "\n")
+    return float(json.loads(result.read_text())["J&F"])
+
+
+def write_png(results: dict[str, Any], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed (pip install voszoo[plot]): no figure", file=sys.stderr)
+        return None
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name, run in results["runs"].items():
+        if run.get("curve"):
+            steps, scores = zip(*run["curve"], strict=True)
+            axis.plot(steps, scores, marker="o", label=f"{name}_quick")
+    baseline = results.get("baseline_jf")
+    if baseline is not None:
+        axis.axhline(baseline, color="black", linestyle="--", label="copy first frame")
+        axis.axhline(baseline + 0.1, color="grey", linestyle=":", label="copy first frame + 0.10")
+    axis.set_xlabel("training step (batch 4)")
+    axis.set_ylabel("J&F on ToyVOS val")
+    axis.set_title(results.get("title", "quick recipes from the ToyVOS pre-training"))
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize=8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
+    parser.add_argument("--steps", type=int, default=400, help="trainer.max_steps of every run")
+    parser.add_argument("--every", type=int, default=100, help="score on ToyVOS val every so many steps")
+    parser.add_argument("--runs", type=Path, default=Path("outputs/learning_curves"), help="run folders")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "learning_curves.json")
+    parser.add_argument("--png", type=Path, default=HERE.parent / "docs" / "figures" / "learning_curves.png")
+    parser.add_argument("--other-seed", type=int, default=1, help="seed of the second ToyVOS val (generalisation)")
+    parser.add_argument("--train-videos", type=int, default=16, help="train-split videos scored (fitting)")
+    parser.add_argument("--extra", nargs="*", default=[], help="more voszoo-train overrides for every run")
+    args = parser.parse_args(argv)
+    from voszoo.profiling import machine_info
+
+    results: dict[str, Any] = json.loads(args.out.read_text()) if args.out.is_file() else {"runs": {}}
+    results.update(steps=args.steps, every=args.every, machine=machine_info(), extra=list(args.extra))
+    other_root = args.runs / f"toyvos_seed{args.other_seed}"
+    other_data = [f"data.root={other_root}", f"data.generate.seed={args.other_seed}"]
+    results["baseline_jf"] = _baseline([], args.runs / "baseline", args.runs / "baseline.log")
+    results["baseline_jf_other_seed"] = _baseline(other_data, args.runs / "baseline_other", args.runs / "baseline.log")
+    for name in args.experiments:
+        run_dir = args.runs / name
+        log = args.runs / f"{name}.log"
+        run = results["runs"].setdefault(name, {})
+        if not (run_dir / "metrics.json").is_file():
+            start = time.perf_counter()
+            _python(
+                "voszoo.train",
+                f"experiment={name}_quick",
+                f"trainer.max_steps={args.steps}",
+                f"trainer.eval_every={args.every}",
+                *args.extra,
+                f"hydra.run.dir={run_dir}",
+                log=log,
+            )
+            run["wall_minutes"] = round((time.perf_counter() - start) / 60, 1)  # incl. the periodic evaluations
+        run["curve"] = curve_of(run_dir)
+        checkpoint = run_dir / "last.pt"
+        run["val"] = json.loads((run_dir / "metrics.json").read_text())["J&F"]
+        run["val_other_seed"] = _score(checkpoint, name, run_dir / "eval_other_seed", other_data, log)["J&F"]
+        train_data = ["data.eval.split=train", f"max_videos={args.train_videos}"]
+        run["train_split"] = _score(checkpoint, name, run_dir / "eval_train", train_data, log)["J&F"]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+        print(f"{name}_quick: {run}", flush=True)
+    write_png(results, args.png)
+    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

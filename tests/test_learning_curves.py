@@ -1,0 +1,32 @@
+"""benchmarks/learning_curves.py: the curve it reads from a run folder (periodic evaluations, then the final score)."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+_SPEC = importlib.util.spec_from_file_location(
+    "learning_curves", Path(__file__).parents[1] / "benchmarks" / "learning_curves.py"
+)
+learning_curves = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(learning_curves)
+
+
+def test_curve_reads_periodic_scores_and_the_final_one_once(tmp_path: Path) -> None:
+    records = [
+        {"step": 10, "loss": 0.5},
+        {"step": 100, "eval/J&F": 0.2, "eval/J": 0.1},
+        {"step": 200, "eval/J&F": 0.3},
+        {"step": 200, "loss": 0.1},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert learning_curves.curve_of(tmp_path) == [(100, 0.2), (200, 0.3)]
+    (tmp_path / "metrics.json").write_text(json.dumps({"steps": 200, "J&F": 0.31}))
+    assert learning_curves.curve_of(tmp_path) == [(100, 0.2), (200, 0.31)]  # the final evaluation wins at its step
+    assert learning_curves.curve_of(tmp_path / "missing") == []
+
+
+def test_every_quick_experiment_names_the_preset_it_trains() -> None:
+    conf = Path(__file__).parents[1] / "conf" / "experiment"
+    for name, preset in learning_curves.PRESETS.items():
+        assert f"override /model: {preset}" in (conf / f"{name}_quick.yaml").read_text()
+    assert set(learning_curves.PRESETS) == set(learning_curves.EXPERIMENTS)
