@@ -16,7 +16,9 @@ from voszoo.engine.optim import (
     build_optimizer,
     freeze_batchnorm,
     freeze_parameters,
+    fresh_parameter_names,
     matches_any,
+    param_groups,
 )
 
 
@@ -245,3 +247,33 @@ def test_model_ema_by_hand() -> None:
     restored.module.register_buffer("count", torch.tensor(0))
     restored.load_state_dict(ramp.state_dict())
     assert restored.updates == 1 and restored.module.weight.item() == pytest.approx(ramp.module.weight.item())
+
+
+def test_encoder_parameters_no_weights_filled_get_their_own_rate(tmp_path) -> None:
+    """STM's memory encoder next to a loaded ResNet: its mask-input conv1_extra is fresh; a backbone built without
+    weights is fresh throughout; with encoder_lr_mult_fresh=None nothing changes."""
+    from voszoo.backbones.resnet import ResNetBackbone
+
+    source = tmp_path / "resnet18.pth"
+    torch.save(ResNetBackbone(depth=18).state_dict(), source)
+
+    class TwoEncoders(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.memory_encoder = ResNetBackbone(depth=18, weights=str(source), extra_input_channels=2)
+            self.mask_encoder = ResNetBackbone(depth=18, image_channels=1)
+            self.head = nn.Conv2d(256, 2, 1)
+
+    model = TwoEncoders()
+    fresh = fresh_parameter_names(model)
+    assert "memory_encoder.conv1_extra.weight" in fresh and "memory_encoder.conv1.weight" not in fresh
+    assert {n for n, _ in model.mask_encoder.named_parameters()} == {
+        n.removeprefix("mask_encoder.") for n in fresh if n.startswith("mask_encoder.")
+    }
+    groups = param_groups(model, lr=1.0, weight_decay=0.1, encoder_lr_mult=0.1, encoder_lr_mult_fresh=1.0)
+    rate = {id(p): g["lr"] for g in groups for p in g["params"]}
+    assert rate[id(model.memory_encoder.conv1_extra.weight)] == 1.0 and rate[id(model.mask_encoder.conv1.weight)] == 1.0
+    assert rate[id(model.memory_encoder.layer1[0].conv1.weight)] == pytest.approx(0.1)
+    assert rate[id(model.head.weight)] == 1.0
+    plain = param_groups(model, lr=1.0, weight_decay=0.1, encoder_lr_mult=0.1)
+    assert {g["name"] for g in plain} == {"encoder/decay", "encoder/no_decay", "other/decay", "other/no_decay"}

@@ -23,6 +23,7 @@ from voszoo.pretrain import (
     recipe_of,
     toyvos_architectures,
 )
+from voszoo.pretraining import cache
 from voszoo.pretraining.cache import PretrainedCacheError, entry_path, read_entry, recipe_key, run_dir, write_entry
 from voszoo.pretraining.propagation import PropagationPretrainer, class_fractions, propagation_loss
 
@@ -198,6 +199,7 @@ def test_missing_stale_and_corrupt_entries_are_named_never_used(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("VOSZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(cache, "bundled_dir", lambda: tmp_path / "nothing_bundled")
     key = recipe_key(recipe_of(compose_pretrain_config()))
     path = entry_path("resnet18", key)
     with pytest.raises(PretrainedCacheError, match="voszoo-pretrain"):
@@ -218,6 +220,23 @@ def test_missing_stale_and_corrupt_entries_are_named_never_used(
         ResNetBackbone(depth=18, weights="toyvos")
     with pytest.raises(ValueError, match="mobilenet"):
         ensure_pretrained("mobilenet_v2")
+
+
+def test_the_bundled_entry_is_the_default_recipes_and_installs_into_an_empty_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The package ships the default recipe's result; a recipe change without a new bundled entry fails here (run
+    voszoo-pretrain and copy its cache entry into voszoo/pretraining/bundled/)."""
+    key = recipe_key(recipe_of(compose_pretrain_config()))
+    bundled = cache.bundled_entry_path("resnet18", key)
+    shipped = sorted(p.name for p in cache.bundled_dir().glob("*.pt"))
+    assert shipped == [bundled.name], f"the bundled entries {shipped} are not the default recipe's ({key})"
+    entry = read_entry(bundled, architecture="resnet18", key=key)
+    assert entry["steps"] == compose_pretrain_config().trainer.max_steps
+    monkeypatch.setenv("VOSZOO_CACHE", str(tmp_path / "empty"))
+    backbone = ResNetBackbone(depth=18, weights="toyvos")  # installs it into the cache, checked
+    assert read_entry(entry_path("resnet18", key), architecture="resnet18", key=key)["digest"] == entry["digest"]
+    assert all(torch.equal(backbone.state_dict()[k], v) for k, v in entry["state_dict"].items())
 
 
 def test_a_corrupt_entry_is_rebuilt_when_building_is_allowed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -176,11 +176,24 @@ def ensure_pretrained(
     :class:`~voszoo.pretraining.cache.PretrainedCacheError` names the command that builds it. A stale or corrupt
     entry is rebuilt if ``build_missing`` (the bad file is replaced atomically), else the same error names it.
     """
-    from voszoo.pretraining.cache import PretrainedCacheError, entry_path, read_entry, recipe_key
+    from voszoo.engine.checkpoint import atomic_save
+    from voszoo.pretraining.cache import (
+        PretrainedCacheError,
+        bundled_entry_path,
+        entry_path,
+        read_entry,
+        recipe_key,
+    )
 
     cfg = compose_pretrain_config([*_default_overrides(architecture), *overrides])
     key = recipe_key(recipe_of(cfg))
     path = entry_path(architecture, key)
+    bundled = bundled_entry_path(architecture, key)
+    if not path.exists() and bundled.is_file():
+        entry = read_entry(bundled, architecture=architecture, key=key)  # checked like any entry
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_save(entry, path)
+        logger.info("installed the bundled ToyVOS pre-training %s into the cache: %s", bundled.name, path)
     try:
         read_entry(path, architecture=architecture, key=key)
         return path

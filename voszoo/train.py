@@ -119,6 +119,7 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
         weight_decay=optim["weight_decay"],
         betas=tuple(optim["betas"]),
         encoder_lr_mult=optim["encoder_lr_mult"],
+        encoder_lr_mult_fresh=optim.get("encoder_lr_mult_fresh"),
     )
     max_steps = int(cfg.trainer.max_steps)
     schedule_args: dict[str, Any] = {"base_lr": optim["lr"], "total_steps": max_steps}

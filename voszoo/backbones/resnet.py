@@ -98,6 +98,8 @@ class ResNetBackbone(nn.Module):
             nn.init.uniform_(self.conv1_extra.weight, -bound, bound)
         else:
             self.conv1_extra = None
+        # what no pretrained weights filled (voszoo.engine.optim.fresh_parameter_names): everything until a load
+        self.fresh_parameter_prefixes: tuple[str, ...] = ("",)
         if weights is not None:
             self.load_torchvision_weights(weights)
 
@@ -128,6 +130,7 @@ class ResNetBackbone(nn.Module):
             missing=missing,
             unexpected=result.unexpected_keys,
         )
+        self.fresh_parameter_prefixes = not_loaded
 
     def forward(self, image: Tensor, extra: Tensor | None = None) -> dict[str, Tensor]:
         """image: (B, image_channels, H, W) (normalised RGB by default); extra: (B, E, H, W) with

@@ -60,6 +60,22 @@ def encoder_prefixes_of(model: nn.Module) -> list[str] | None:
     return list(prefixes)
 
 
+def fresh_parameter_names(model: nn.Module) -> set[str]:
+    """Names of the parameters that no pretrained weights filled, as declared by submodules with a
+    ``fresh_parameter_prefixes`` attribute (prefixes relative to the submodule; ``""`` = all of it), e.g. a
+    :class:`voszoo.backbones.ResNetBackbone` built without weights, or its mask-input ``conv1_extra``."""
+    fresh: set[str] = set()
+    for module_name, module in model.named_modules():
+        prefixes = getattr(module, "fresh_parameter_prefixes", None)
+        if not prefixes:
+            continue
+        base = f"{module_name}." if module_name else ""
+        for name, _ in module.named_parameters():
+            if any(name.startswith(prefix) for prefix in prefixes):
+                fresh.add(base + name)
+    return fresh
+
+
 def _is_encoder_default(name: str) -> bool:
     module_path = name.rsplit(".", 1)[0] if "." in name else ""
     return "encoder" in module_path or "backbone" in module_path
@@ -86,6 +102,7 @@ def param_groups(
     weight_decay: float,
     encoder_lr_mult: float = 0.1,
     encoder_prefixes: Sequence[str] | None = None,
+    encoder_lr_mult_fresh: float | None = None,
 ) -> list[dict[str, Any]]:
     """Split the trainable parameters of ``model`` into up to four groups (encoder or not x decay or not).
 
@@ -95,6 +112,11 @@ def param_groups(
     ``*bias``, ``*norm*`` or ``*bn*``, and names containing one of the model's ``no_weight_decay_keys``. Frozen
     parameters (``requires_grad=False``) are left out. Each group has ``params``, ``lr`` (= ``lr * lr_mult``),
     ``lr_mult``, ``weight_decay`` and a ``name`` such as ``"encoder/no_decay"``.
+
+    ``encoder_lr_mult_fresh``: the multiplier of encoder parameters that no pretrained weights filled
+    (:func:`fresh_parameter_names`: a backbone built without weights, STM's mask-input convolution next to a loaded
+    ResNet), in groups named ``"encoder_fresh/..."``. None: they get ``encoder_lr_mult`` like the rest. The small
+    encoder rate protects pretrained features (AOT App. A.1.2); a fresh layer has none to protect.
     """
     if isinstance(encoder_prefixes, str):
         raise ValueError(f"encoder_prefixes must be a sequence of strings, not the string {encoder_prefixes!r}")
@@ -103,22 +125,25 @@ def param_groups(
         _is_encoder_default if prefixes is None else (lambda name: matches_any(name, prefixes))
     )
     exempt = no_weight_decay_keys_of(model)
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    fresh = fresh_parameter_names(model) if encoder_lr_mult_fresh is not None else set()
+    mults = {"encoder": float(encoder_lr_mult), "encoder_fresh": float(encoder_lr_mult_fresh or 0.0), "other": 1.0}
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
-            groups.setdefault((is_encoder(name), _no_weight_decay(name, param, exempt)), []).append(param)
+            kind = ("encoder_fresh" if name in fresh else "encoder") if is_encoder(name) else "other"
+            groups.setdefault((kind, _no_weight_decay(name, param, exempt)), []).append(param)
     if not groups:
         raise ValueError(f"{type(model).__name__} has no trainable parameters (all are frozen)")
     result = []
-    for (encoder, no_decay), params in sorted(groups.items()):
-        mult = float(encoder_lr_mult) if encoder else 1.0
+    order = {"other": 0, "encoder": 1, "encoder_fresh": 2}  # the order of earlier versions: checkpoints still resume
+    for (kind, no_decay), params in sorted(groups.items(), key=lambda item: (order[item[0][0]], item[0][1])):
         result.append(
             {
                 "params": params,
-                "lr": lr * mult,
-                "lr_mult": mult,
+                "lr": lr * mults[kind],
+                "lr_mult": mults[kind],
                 "weight_decay": 0.0 if no_decay else float(weight_decay),
-                "name": f"{'encoder' if encoder else 'other'}/{'no_decay' if no_decay else 'decay'}",
+                "name": f"{kind}/{'no_decay' if no_decay else 'decay'}",
             }
         )
     return result
@@ -134,6 +159,7 @@ def build_optimizer(
     momentum: float = 0.9,
     encoder_lr_mult: float = 0.1,
     encoder_prefixes: Sequence[str] | None = None,
+    encoder_lr_mult_fresh: float | None = None,
 ) -> torch.optim.Optimizer:
     """AdamW / Adam / SGD (with ``momentum``) over :func:`param_groups` of ``model``.
 
@@ -145,7 +171,12 @@ def build_optimizer(
     if weight_decay < 0:
         raise ValueError(f"build_optimizer: weight_decay must be >= 0, got {weight_decay}")
     groups = param_groups(
-        model, lr=lr, weight_decay=weight_decay, encoder_lr_mult=encoder_lr_mult, encoder_prefixes=encoder_prefixes
+        model,
+        lr=lr,
+        weight_decay=weight_decay,
+        encoder_lr_mult=encoder_lr_mult,
+        encoder_prefixes=encoder_prefixes,
+        encoder_lr_mult_fresh=encoder_lr_mult_fresh,
     )
     key = name.lower()
     if key == "adamw":

@@ -5,6 +5,10 @@ Layout, under ``$VOSZOO_CACHE`` (default ``~/.cache/voszoo``)::
     pretrained/toyvos-<architecture>-<key>.pt    the encoder's state dict + what made it (one file, written atomically)
     runs/toyvos-<architecture>-<key>/            the pre-training run (checkpoints, metrics.jsonl): resumes exactly
 
+A missing entry whose key matches an entry shipped in the package (:func:`bundled_dir`, the default recipe's
+result as ``voszoo-pretrain`` wrote it) is installed from there after the same checks; any other missing entry is
+pre-trained (``voszoo-pretrain``, or ``voszoo-train`` on first use).
+
 ``<key>`` is the first 16 hex digits of the SHA-256 of the *recipe*: every setting of ``conf/pretrain.yaml`` that
 changes the weights (encoder, objective, data, optimiser, schedule, steps, batch, seed), not the ones that do not
 (workers, logging, checkpoint cadence). Changing the recipe therefore changes the file name: an entry made by an
@@ -32,6 +36,8 @@ from voszoo.data.io import VOSDataError
 __all__ = [
     "ENTRY_FORMAT",
     "PretrainedCacheError",
+    "bundled_dir",
+    "bundled_entry_path",
     "cache_dir",
     "entry_path",
     "read_entry",
@@ -61,6 +67,16 @@ def recipe_key(recipe: Mapping[str, Any]) -> str:
     """16 hex digits of the SHA-256 of ``recipe`` as canonical JSON (sorted keys): equal recipes, equal keys."""
     text = json.dumps(recipe, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def bundled_dir() -> Path:
+    """Entries shipped inside the package (``voszoo/pretraining/bundled/``): the default recipe's result, so that a
+    fresh install skips the half-hour pre-training. Used only when their key is the one asked for."""
+    return Path(__file__).resolve().parent / "bundled"
+
+
+def bundled_entry_path(architecture: str, key: str) -> Path:
+    return bundled_dir() / f"toyvos-{architecture}-{key}.pt"
 
 
 def entry_path(architecture: str, key: str) -> Path:
