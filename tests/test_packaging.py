@@ -31,5 +31,8 @@ def test_wheel_contains_the_config_tree_and_entry_points(tmp_path: Path) -> None
     expected = {p.relative_to(ROOT).as_posix() for p in (ROOT / "conf").rglob("*.yaml")}
     assert {f"voszoo/{name}" for name in expected} <= names
     assert "voszoo/models/stm.py" in names and not any(n.startswith("tests/") for n in names)
-    for script in ("voszoo-train", "voszoo-eval", "voszoo-bench", "voszoo-score", "voszoo-toyvos", "voszoo-pack-ytvos"):
+    bundled = {p.relative_to(ROOT).as_posix() for p in (ROOT / "voszoo" / "pretraining" / "bundled").glob("*.pt")}
+    assert bundled and bundled <= names  # weights: toyvos works from a fresh install, with no pre-training run
+    scripts = ("voszoo-train", "voszoo-pretrain", "voszoo-eval", "voszoo-bench", "voszoo-score", "voszoo-toyvos")
+    for script in (*scripts, "voszoo-pack-ytvos"):
         assert f"{script} = " in entry_points

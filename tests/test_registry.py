@@ -8,6 +8,7 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 import voszoo
 from voszoo._paths import conf_dir
@@ -61,6 +62,9 @@ def test_quick_experiment_only_changes_what_it_says() -> None:
     for encoder in ("query_encoder", "memory_encoder"):  # the architecture is the preset's; only the init differs
         assert quick.model[encoder].weights == "toyvos" and base.model[encoder].weights is None
         base.model[encoder].weights = "toyvos"
+    assert quick.model.tie_initial_weights is True  # an init choice of the constructor, not another architecture
+    OmegaConf.set_struct(base.model, False)
+    base.model.tie_initial_weights = True
     assert quick.model == base.model
     assert (quick.optim.lr, quick.optim.encoder_lr_mult, quick.trainer.max_steps) == (3e-4, 0.1, 400)
     assert quick.data.train_source == "stream" and base.data.train_source == "folder"
