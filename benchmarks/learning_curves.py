@@ -88,6 +88,24 @@ def _baseline(data: list[str], out: Path, log: Path) -> float:
     return float(json.loads(result.read_text())["J&F"])
 
 
+def markdown_table(results: dict[str, Any]) -> str:
+    """The runs as a Markdown table: J&F at every scored step, on the other-seed val and the train split."""
+    steps = sorted({step for run in results["runs"].values() for step, _ in run.get("curve", [])})
+    header = ["quick recipe", *(f"step {s}" for s in steps), "other-seed val", "train split", "minutes"]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    base, base_other = results.get("baseline_jf"), results.get("baseline_jf_other_seed")
+    shown = [f"{v:.3f}" if isinstance(v, float) else "" for v in (base, base_other)]
+    lines.append(
+        "| copy first frame (no training) | " + " | ".join([shown[0]] * len(steps) + [shown[1], "", ""]) + " |"
+    )
+    for name, run in results["runs"].items():
+        curve = dict(run.get("curve", []))
+        cells = [f"{curve[s]:.3f}" if s in curve else "" for s in steps]
+        extra = [f"{run[k]:.3f}" if isinstance(run.get(k), float) else "" for k in ("val_other_seed", "train_split")]
+        lines.append("| " + " | ".join([f"`{name}_quick`", *cells, *extra, str(run.get("wall_minutes", ""))]) + " |")
+    return "\n".join(lines)
+
+
 def write_png(results: dict[str, Any], path: Path) -> Path | None:
     try:
         import matplotlib
@@ -164,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{name}_quick: {run}", flush=True)
     write_png(results, args.png)
-    print(json.dumps({k: v for k, v in results.items() if k != "machine"}, indent=1))
+    print(markdown_table(results))
     return 0
 
 
