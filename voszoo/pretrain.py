@@ -86,7 +86,8 @@ def _default_overrides(architecture: str) -> list[str]:
 
 def pretrain(cfg: DictConfig, output_dir: str | Path | None = None, *, progress: bool = True) -> dict[str, Any]:
     """Run (or resume, or find finished) the pre-training ``cfg`` describes; write its cache entry; its metrics."""
-    from voszoo.engine import EvalHook, Trainer, build_optimizer, seed_everything
+    from voszoo.engine import EvalHook, Trainer, seed_everything
+    from voszoo.engine.optim import optimizer_from_config
     from voszoo.evaluation.pipeline import write_metrics
     from voszoo.instantiate import build
     from voszoo.pretraining.cache import entry_path, recipe_key, run_dir, write_entry
@@ -104,14 +105,8 @@ def pretrain(cfg: DictConfig, output_dir: str | Path | None = None, *, progress:
     model = PropagationPretrainer(encoder=build(cfg.encoder, key="encoder"), **OmegaConf.to_container(cfg.objective))
     dataset = build(cfg.pairs.train, key="pairs.train")
     optim = recipe["optim"]
-    optimizer = build_optimizer(
-        model,
-        name=optim["name"],
-        lr=optim["lr"],
-        weight_decay=optim["weight_decay"],
-        betas=tuple(optim["betas"]),
-        encoder_lr_mult=1.0,  # a random encoder: everything learns at the same rate
-    )
+    # a random encoder: everything learns at the same rate
+    optimizer = optimizer_from_config(model, optim, encoder_lr_mult=1.0, encoder_lr_mult_fresh=None)
     max_steps = int(cfg.trainer.max_steps)
     warmup = min(int(cfg.schedule.get("warmup_steps", 0)), max_steps)  # a short smoke run warms up over all of it
     schedule = build(cfg.schedule, key="schedule", base_lr=optim["lr"], total_steps=max_steps, warmup_steps=warmup)

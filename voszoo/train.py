@@ -104,7 +104,8 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     """The model, training dataset, optimizer, schedule and :class:`Trainer` keyword arguments (``"args"``, device
     resolved) of a composed ``voszoo-train`` config; seeds first. Shared by :func:`train` and the throughput
     benchmark."""
-    from voszoo.engine import build_optimizer, seed_everything
+    from voszoo.engine import seed_everything
+    from voszoo.engine.optim import optimizer_from_config
     from voszoo.instantiate import build
     from voszoo.models.registry import build_model
 
@@ -112,15 +113,7 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     model = build_model(cfg.model)
     dataset = build(cfg.data.train, key="data.train")
     optim = OmegaConf.to_container(cfg.optim, resolve=True)
-    optimizer = build_optimizer(
-        model,
-        name=optim["name"],
-        lr=optim["lr"],
-        weight_decay=optim["weight_decay"],
-        betas=tuple(optim["betas"]),
-        encoder_lr_mult=optim["encoder_lr_mult"],
-        encoder_lr_mult_fresh=optim.get("encoder_lr_mult_fresh"),
-    )
+    optimizer = optimizer_from_config(model, optim)
     max_steps = int(cfg.trainer.max_steps)
     schedule_args: dict[str, Any] = {"base_lr": optim["lr"], "total_steps": max_steps}
     warmup = cfg.schedule.get("warmup_steps")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import types
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +22,8 @@ from torch import nn
 __all__ = [
     "OPTIMIZERS",
     "build_optimizer",
+    "fresh_parameter_names",
+    "optimizer_from_config",
     "param_groups",
     "encoder_prefixes_of",
     "matches_any",
@@ -365,3 +367,18 @@ def freeze_parameters(model: nn.Module, prefixes: Sequence[str]) -> list[str]:
             param.requires_grad_(False)
             frozen.append(name)
     return frozen
+
+
+def optimizer_from_config(model: nn.Module, optim: Mapping[str, Any], **overrides: Any) -> torch.optim.Optimizer:
+    """:func:`build_optimizer` from an ``optim`` config node as a plain dict (conf/optim/*.yaml: name, lr,
+    weight_decay, betas, encoder_lr_mult, optional encoder_lr_mult_fresh); ``overrides`` replace its values."""
+    values = {**dict(optim), **overrides}
+    return build_optimizer(
+        model,
+        name=values["name"],
+        lr=values["lr"],
+        weight_decay=values["weight_decay"],
+        betas=tuple(values["betas"]),
+        encoder_lr_mult=values.get("encoder_lr_mult", 0.1),
+        encoder_lr_mult_fresh=values.get("encoder_lr_mult_fresh"),
+    )
