@@ -167,10 +167,18 @@ def ensure_pretrained(
     """The cache entry of the default ToyVOS recipe for ``architecture`` (e.g. ``"resnet18"``), checked; ``overrides``
     (Hydra overrides of conf/pretrain.yaml) select another recipe.
 
-    A missing entry is built (by :func:`pretrain`, with a progress bar) if ``build_missing``, else
+    A missing entry is installed from the package's bundled entry when that is the same recipe; otherwise it is built
+    (by :func:`pretrain`, with a progress bar) if ``build_missing``, else
     :class:`~voszoo.pretraining.cache.PretrainedCacheError` names the command that builds it. A stale or corrupt
     entry is rebuilt if ``build_missing`` (the bad file is replaced atomically), else the same error names it.
     """
+    return _checked_entry(architecture, overrides=overrides, build_missing=build_missing, progress=progress)[0]
+
+
+def _checked_entry(
+    architecture: str, *, overrides: Sequence[str], build_missing: bool, progress: bool
+) -> tuple[Path, dict[str, Any]]:
+    """:func:`ensure_pretrained`'s path and the entry it read and checked (read once: 11 MB and a digest)."""
     from voszoo.engine.checkpoint import atomic_save
     from voszoo.pretraining.cache import (
         PretrainedCacheError,
@@ -189,39 +197,23 @@ def ensure_pretrained(
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_save(entry, path)
         logger.info("installed the bundled ToyVOS pre-training %s into the cache: %s", bundled.name, path)
+        return path, entry
     try:
-        read_entry(path, architecture=architecture, key=key)
-        return path
+        return path, read_entry(path, architecture=architecture, key=key)
     except PretrainedCacheError as error:
         if not build_missing:
             raise
         logger.warning("%s; building it now (voszoo-pretrain, default recipe)", error)
     pretrain(cfg, progress=progress)
-    read_entry(path, architecture=architecture, key=key)
-    return path
+    return path, read_entry(path, architecture=architecture, key=key)
 
 
 def toyvos_architectures(node: Any) -> list[str]:
     """Architectures (``resnet18``, ...) of the backbones in a model config node that ask for ``weights: toyvos``."""
-    from omegaconf import ListConfig
-
     from voszoo.backbones.weights import TOYVOS_WEIGHTS
+    from voszoo.models.registry import weights_nodes
 
-    found: set[str] = set()
-
-    def visit(item: Any) -> None:
-        if isinstance(item, DictConfig):
-            if item.get("weights", None) == TOYVOS_WEIGHTS and "_target_" in item:
-                found.add(architecture_of(item))
-            for key in item.keys():
-                if key != "weights":
-                    visit(item.get(key))
-        elif isinstance(item, ListConfig):
-            for element in item:
-                visit(element)
-
-    visit(node)
-    return sorted(found)
+    return sorted({architecture_of(n) for n in weights_nodes(node) if n.weights == TOYVOS_WEIGHTS and "_target_" in n})
 
 
 def prepare_pretrained(model_cfg: DictConfig, *, progress: bool = True) -> list[Path]:
@@ -233,16 +225,11 @@ def prepare_pretrained(model_cfg: DictConfig, *, progress: bool = True) -> list[
 def load_toyvos_weights(architecture: str) -> tuple[dict[str, Any], str]:
     """``(state dict, description)`` of the cached default ToyVOS pre-training of ``architecture`` (checked by
     :func:`voszoo.pretraining.cache.read_entry`); the description says what was loaded, for logs and errors."""
-    from voszoo.pretraining.cache import read_entry, recipe_key
-
-    cfg = compose_pretrain_config(_default_overrides(architecture))
-    key = recipe_key(recipe_of(cfg))
-    path = ensure_pretrained(architecture, build_missing=False)
-    entry = read_entry(path, architecture=architecture, key=key)
+    path, entry = _checked_entry(architecture, overrides=(), build_missing=False, progress=False)
     probe = entry.get("metrics", {}).get("probe", {}).get("iou")
     shown = f"{probe:.3f}" if isinstance(probe, float) else "n/a"
     description = (
-        f"ToyVOS pre-training {path} ({architecture}, recipe {key}, {entry['steps']} steps, probe IoU {shown})"
+        f"ToyVOS pre-training {path} ({architecture}, recipe {entry['key']}, {entry['steps']} steps, probe IoU {shown})"
     )
     return entry["state_dict"], description
 

@@ -15,7 +15,7 @@ video equals a ``voszoo-toyvos`` video of any seed and index (the default val sp
 so runs resume exactly and DataLoader workers agree.
 
 Cost: each frame is rendered when first read (:meth:`ToyVOSStreamVideo.frame`), so a 3-frame clip renders 3 frames
-whatever ``frames`` (the window clips are sampled from) is; benchmarks/bench_toyvos_stream.py measures it.
+whatever ``frames`` (the window clips are sampled from) is (timings in docs/toyvos.md).
 """
 
 from __future__ import annotations
@@ -66,7 +66,6 @@ class ToyVOSStreamVideo(VideoSource):
         self._images: dict[int, np.ndarray] = {}
         self._labels: dict[int, np.ndarray] = {}
         self._flows: dict[int, np.ndarray] = {}
-        self._ids = tuple(int(v) for v in np.unique(self.labels(0)) if v != 0)
 
     def _render(self, index: int, *, with_flow: bool) -> None:
         rendered: RenderedVideo = render_video(
@@ -100,8 +99,9 @@ class ToyVOSStreamVideo(VideoSource):
 
     @property
     def first_appearance(self) -> dict[int, int]:
-        # the scene sampler guarantees every annotated object is visible in frame 0
-        return {object_id: 0 for object_id in self._ids}
+        # the scene sampler guarantees every annotated object is visible in frame 0; read only when asked (training
+        # clips never ask, and their frames rarely include frame 0)
+        return {int(object_id): 0 for object_id in np.unique(self.labels(0)) if object_id != 0}
 
     def frame(self, index: int) -> np.ndarray:
         """Frame ``index`` (H, W, 3) uint8, after the JPEG round trip of the stored dataset (if ``jpeg_quality``)."""

@@ -26,6 +26,7 @@ __all__ = [
     "create_model",
     "list_components",
     "list_models",
+    "weights_nodes",
     "without_weights",
 ]
 
@@ -149,24 +150,33 @@ def _override_value(value: Any) -> str:
     return str(value)
 
 
+def weights_nodes(cfg: Any) -> list[DictConfig]:
+    """Every config node under ``cfg`` (a model node, lists included) that has a ``weights`` key: the modules that
+    may load pretrained weights (backbones, flow networks)."""
+    found: list[DictConfig] = []
+
+    def visit(node: Any) -> None:
+        if isinstance(node, DictConfig):
+            if "weights" in node:
+                found.append(node)
+            for key in node.keys():
+                if key != "weights":
+                    visit(node.get(key))
+        elif isinstance(node, ListConfig):
+            for item in node:
+                visit(item)
+
+    visit(cfg)
+    return found
+
+
 def without_weights(cfg: DictConfig) -> DictConfig:
     """A copy of model config ``cfg`` with every ``weights`` key set to null: nothing is loaded, downloaded or
     pre-trained when it is built. For a model whose every weight is then overwritten (a checkpoint) or irrelevant
     (speed and memory benchmarks)."""
     cfg = cfg.copy()
-
-    def clear(node: Any) -> None:
-        if isinstance(node, DictConfig):
-            for key in node.keys():
-                if key == "weights":
-                    node[key] = None
-                else:
-                    clear(node.get(key))
-        elif isinstance(node, ListConfig):
-            for item in node:
-                clear(item)
-
-    clear(cfg)
+    for node in weights_nodes(cfg):
+        node.weights = None
     return cfg
 
 

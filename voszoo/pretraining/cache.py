@@ -125,9 +125,14 @@ def write_entry(
     return atomic_save(entry, path)
 
 
+def _pretrain_command(architecture: str) -> str:
+    depth = architecture.removeprefix("resnet")
+    return "voszoo-pretrain" if architecture == "resnet18" else f"voszoo-pretrain encoder.depth={depth}"
+
+
 def _rebuild_hint(architecture: str) -> str:
-    override = "" if architecture == "resnet18" else f" encoder.depth={architecture.removeprefix('resnet')}"
-    return f"delete it and run `voszoo-pretrain{override}` (or `voszoo-train` with weights: toyvos) to rebuild it"
+    command = _pretrain_command(architecture)
+    return f"delete it and run `{command}` (or `voszoo-train` with weights: toyvos) to rebuild it"
 
 
 def read_entry(path: Path, *, architecture: str, key: str) -> dict[str, Any]:
@@ -136,8 +141,8 @@ def read_entry(path: Path, *, architecture: str, key: str) -> dict[str, Any]:
     if not path.is_file():
         raise PretrainedCacheError(
             f"{path}: no ToyVOS pre-trained {architecture} in the cache ($VOSZOO_CACHE={cache_dir()}); build it with "
-            f"`voszoo-pretrain{'' if architecture == 'resnet18' else ' encoder.depth=' + architecture[6:]}` "
-            "(about 30 minutes on 2 CPU cores), or let `voszoo-train` build it on first use"
+            f"`{_pretrain_command(architecture)}` (about 30 minutes on 2 CPU cores), or let `voszoo-train` build it "
+            "on first use"
         )
     try:
         entry = torch.load(path, map_location="cpu", weights_only=True)
