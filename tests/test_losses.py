@@ -245,3 +245,20 @@ def test_criterion_reports_only_weighted_terms_and_validates():
         SegmentationCriterion(bootstrap_ratio=1.5)
     with pytest.raises(ValueError, match=r"\(B, T, N\+1, H, W\)"):
         SegmentationCriterion()(logits[0], labels, num_objects=torch.tensor([2]))
+
+
+def test_bootstrap_warmup_falls_linearly_from_plain_ce_to_the_ratio():
+    """AOT's official hard-pixel warm-up: the kept share is 1 at step 0, ratio from ``warmup`` of the run on."""
+    g = torch.Generator().manual_seed(2)
+    logits = torch.randn(1, 2, 3, 6, 7, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, 3, (1, 2, 6, 7), generator=g)
+    flat_logits, flat_labels = logits.flatten(0, 1), labels.flatten(0, 1)
+    criterion = SegmentationCriterion(bootstrap_ratio=0.2, bootstrap_warmup=0.5)
+    for step, expected_ratio in ((0, 1.0), (25, 0.6), (50, 0.2), (90, 0.2)):
+        criterion.set_training_progress(step, 100)
+        assert criterion.current_bootstrap_ratio == pytest.approx(expected_ratio)
+        out = criterion(logits, labels, num_objects=torch.tensor([2]))
+        torch.testing.assert_close(out["loss_ce"], naive_bootstrapped_ce(flat_logits, flat_labels, expected_ratio))
+    assert SegmentationCriterion(bootstrap_ratio=0.2).current_bootstrap_ratio == 0.2  # no warm-up: fixed
+    with pytest.raises(ValueError, match="bootstrap_warmup"):
+        SegmentationCriterion(bootstrap_warmup=1.5)

@@ -393,3 +393,21 @@ def test_wandb_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls[1][:2] == ("log", 2) and "loss" in calls[1][2]
     assert calls[-1] == ("finish", 0)
     assert (tmp_path / "wandb_run_id").read_text() == "abc123"
+
+
+class ProgressProbe(nn.Module):
+    """Records the (step, total) the trainer reports before each step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[int, int]] = []
+
+    def set_training_progress(self, step: int, total_steps: int) -> None:
+        self.seen.append((step, total_steps))
+
+
+def test_submodules_hear_the_training_progress(tmp_path: Path) -> None:
+    model = ToyVOS(dropout=0.3)
+    model.probe = ProgressProbe()
+    make_trainer(tmp_path, model=model, max_steps=3).fit()
+    assert model.probe.seen == [(0, 3), (1, 3), (2, 3)]

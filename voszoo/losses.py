@@ -170,6 +170,10 @@ class SegmentationCriterion(nn.Module):
 
     Args:
         bootstrap_ratio: fraction of hardest pixels kept per frame by the cross-entropy (1.0 = plain CE).
+        bootstrap_warmup: fraction of the run over which the kept fraction falls linearly from 1 (plain CE) to
+            ``bootstrap_ratio``; 0 = ``bootstrap_ratio`` from the first step. AOT's official training (and so
+            BATMAN's, built on it) uses 0.5 (``TRAIN_HARD_MINING_RATIO``: hard-example mining reaches its 15 % at
+            half of ``TRAIN_TOTAL_STEPS``); the trainer reports the progress through :meth:`set_training_progress`.
         ce_weight, jaccard_weight, iou_weight: weights of the three terms; a term of weight 0 is not computed.
         ignore_index: label of pixels that take no part in any loss.
 
@@ -182,6 +186,7 @@ class SegmentationCriterion(nn.Module):
         self,
         *,
         bootstrap_ratio: float = 0.15,
+        bootstrap_warmup: float = 0.0,
         ce_weight: float = 1.0,
         jaccard_weight: float = 0.0,
         iou_weight: float = 0.0,
@@ -196,11 +201,28 @@ class SegmentationCriterion(nn.Module):
             raise ValueError(f"SegmentationCriterion: loss weights must be >= 0, got {negative}")
         if not any(weights.values()):
             raise ValueError(f"SegmentationCriterion: at least one loss weight must be > 0, got {weights}")
+        if not 0.0 <= bootstrap_warmup <= 1.0:
+            raise ValueError(f"SegmentationCriterion: bootstrap_warmup must be in [0, 1], got {bootstrap_warmup}")
         self.bootstrap_ratio = bootstrap_ratio
+        self.bootstrap_warmup = bootstrap_warmup
+        self.progress = 1.0  # share of the run done; outside a trainer the warm-up is over
         self.ce_weight = ce_weight
         self.jaccard_weight = jaccard_weight
         self.iou_weight = iou_weight
         self.ignore_index = ignore_index
+
+    def set_training_progress(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before every step (:class:`voszoo.engine.Trainer`): ``step`` of ``total_steps``."""
+        self.progress = step / max(total_steps, 1)
+
+    @property
+    def current_bootstrap_ratio(self) -> float:
+        """The kept fraction at the current progress: ``q * bootstrap_ratio + (1 - q)``, q = min(1, progress /
+        bootstrap_warmup) (1 without a warm-up)."""
+        if self.bootstrap_warmup == 0.0:
+            return self.bootstrap_ratio
+        done = min(1.0, self.progress / self.bootstrap_warmup)
+        return done * self.bootstrap_ratio + (1.0 - done)
 
     def forward(self, logits: Tensor, labels: Tensor, *, num_objects: Tensor) -> dict[str, Tensor]:
         if logits.ndim != 5 or labels.ndim != 4 or logits.shape[:2] != labels.shape[:2]:
@@ -215,7 +237,7 @@ class SegmentationCriterion(nn.Module):
         total = logits.new_zeros(())
         if self.ce_weight:
             losses["loss_ce"] = bootstrapped_cross_entropy(
-                flat_logits, flat_labels, ratio=self.bootstrap_ratio, ignore_index=self.ignore_index
+                flat_logits, flat_labels, ratio=self.current_bootstrap_ratio, ignore_index=self.ignore_index
             )
             total = total + self.ce_weight * losses["loss_ce"]
         if self.jaccard_weight:
@@ -233,6 +255,6 @@ class SegmentationCriterion(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"bootstrap_ratio={self.bootstrap_ratio}, ce_weight={self.ce_weight}, "
+            f"bootstrap_ratio={self.bootstrap_ratio}, bootstrap_warmup={self.bootstrap_warmup}, ce_weight={self.ce_weight}, "
             f"jaccard_weight={self.jaccard_weight}, iou_weight={self.iou_weight}"
         )

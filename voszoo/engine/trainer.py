@@ -10,6 +10,9 @@ default :func:`voszoo.types.collate_clips`) is read through a per-epoch seeded p
 processes (:func:`~voszoo.engine.distributed.shard_indices`); ``set_epoch(epoch)`` is called on it before each
 epoch, and ``set_step(step at the epoch's start)`` too if it has a gap ``curriculum``. Anything else is an iterable
 of ready batches, iterated once per epoch (not sharded; resume skips the consumed batches by iterating).
+Before every step, each submodule of the model with a ``set_training_progress(step, max_steps)`` method gets the
+step (e.g. :class:`voszoo.losses.SegmentationCriterion`'s hard-pixel warm-up); it is a function of the step alone,
+so resume stays exact.
 ``batch_size`` is per process and micro-batch: the effective batch is ``batch_size * accumulate * world_size``.
 
 Exact resume: a checkpoint holds the model, EMA, optimizer, scaler, schedule, step, data position (epoch and
@@ -583,6 +586,9 @@ class Trainer:
         started = time.perf_counter()
         position = (self.epoch, self._batch_in_epoch, self._epoch_start_step)
         rng_state = get_rng_state()
+        for module in self.model.modules():  # schedules inside the model (e.g. a loss's hard-pixel warm-up)
+            if callable(getattr(module, "set_training_progress", None)):
+                module.set_training_progress(self.step, self.max_steps)
         buffers = [buffer.detach().clone() for buffer in self.model.buffers()]  # e.g. BatchNorm running statistics
         self.optimizer.zero_grad(set_to_none=True)
         totals: dict[str, torch.Tensor] = {}
