@@ -20,7 +20,7 @@ from voszoo.types import Clip
 
 
 # -- contract semantics on a narrow AOT ------------------------------------------------------------------------------
-def narrow_aot(*, layers=2, train_long_term_gap=9999):
+def narrow_aot(*, layers=2, train_long_term_gap=9999, **schedule):
     torch.manual_seed(0)
     return AOT(
         encoder=MobileNetV2Backbone(frozen_bn=True),
@@ -29,6 +29,7 @@ def narrow_aot(*, layers=2, train_long_term_gap=9999):
         identity=IdentityBank(num_identities=10, embed_dim=64),
         criterion=SegmentationCriterion(bootstrap_ratio=0.15, ce_weight=0.5, jaccard_weight=0.5),
         train_long_term_gap=train_long_term_gap,
+        **schedule,
     )
 
 
@@ -174,3 +175,45 @@ def test_encoder_learns_at_the_encoder_rate_and_frozen_parts_are_left_out():
     assert "encoder_projector.weight" in others  # a new layer, not the pretrained encoder (official "encoder." rule)
     assert groups["encoder/decay"]["lr"] == pytest.approx(2e-5) and groups["other/decay"]["lr"] == pytest.approx(2e-4)
     assert "encoder.features.0.0.weight" not in encoder and "LSTT.mask_token" not in others
+
+
+# -- the official training schedule -------------------------------------------------------------------------------
+def test_reference_loss_is_added_with_a_weight_falling_over_the_run():
+    """Official TRAIN_AUX_LOSS_*: loss = (1 - progress) x w x reference loss + the predicted frames' loss."""
+    model = narrow_aot(layers=1, reference_loss_weight=2.0).train()
+    clip = tiny_clip()
+    for progress, weight in ((None, 2.0), ((25, 100), 1.5), ((100, 100), 0.0)):
+        if progress is not None:
+            model.set_training_progress(*progress)
+        torch.manual_seed(3)
+        out = model(clip)
+        frames = model.criterion(out["logits"], clip.labels[:, 1:], num_objects=clip.num_objects)["loss"]
+        assert out["loss_reference"] > 0
+        torch.testing.assert_close(out["loss"], frames + weight * out["loss_reference"])
+    plain = narrow_aot(layers=1).train()
+    torch.manual_seed(3)
+    assert "loss_reference" not in plain(clip)
+
+
+def test_teacher_forcing_memorises_the_ground_truth_then_the_prediction_with_frozen_identities(monkeypatch):
+    """Official TRAIN_SEQ_TRAINING_*: before the share, frame 1 is memorised with its labels; after it, with the
+    prediction, and the identity bank gets no gradient."""
+    model = narrow_aot(layers=1, teacher_forcing=0.5).train()
+    clip = tiny_clip(void_corner=False)
+    memorised = {}
+    real = model.memorize
+
+    def spy(memory, feats, probs, frame_index):
+        memorised[frame_index] = probs.detach().clone()
+        return real(memory, feats, probs, frame_index)
+
+    monkeypatch.setattr(model, "memorize", spy)
+    for step, forced in ((10, True), (60, False)):
+        model.zero_grad(set_to_none=True)
+        model.set_training_progress(step, 100)
+        out = model(clip)
+        out["loss"].backward()
+        expected = labels_to_probs(clip.labels[:, 1], 2) if forced else out["logits"][:, 0].detach().softmax(1)
+        torch.testing.assert_close(memorised[1], expected)
+        bank_grad = model.patch_wise_id_bank.weight.grad
+        assert (bank_grad is not None and bank_grad.abs().sum() > 0) == forced

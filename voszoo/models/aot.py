@@ -98,6 +98,9 @@ class AOT(IdentityVOSModel):
             reference (official ``TRAIN_LONG_TERM_MEM_GAP``: 9999 = reference only, 2 for AOT-L).
         memory_mask: ``"hard"`` memorises the one-hot argmax of the probabilities (official), ``"soft"`` the
             probabilities themselves.
+        reference_loss_weight, teacher_forcing: the official training schedule's auxiliary reference loss and
+            ground-truth memory (:class:`~voszoo.models.identity_model.IdentityVOSModel`); 1.0 and 0.5 officially,
+            0 (off) by default so that a model built by hand trains plainly.
         id_dropout: dropout on the identification embedding (0 in AOT).
         prior: MGA's motion-guided prior on the long-term attention (see the module docstring); its
             ``key_channels`` must equal the LSTT width. None: AOT.
@@ -119,6 +122,8 @@ class AOT(IdentityVOSModel):
         align_corners: bool = True,
         train_long_term_gap: int = 9999,
         memory_mask: str = "hard",
+        reference_loss_weight: float = 0.0,
+        teacher_forcing: float = 0.0,
         id_dropout: float = 0.0,
         prior: MotionGuidedPrior | None = None,
     ) -> None:
@@ -133,6 +138,8 @@ class AOT(IdentityVOSModel):
             align_corners=align_corners,
             train_long_term_gap=train_long_term_gap,
             memory_mask=memory_mask,
+            reference_loss_weight=reference_loss_weight,
+            teacher_forcing=teacher_forcing,
         )
         # attribute names and registration order = official state-dict names and order
         self.LSTT = lstt

@@ -166,6 +166,7 @@ class VOSModel(nn.Module, ABC):
         memory = self.new_training_memory(clip, num_objects=num_objects, memory_frames=memory_frames)
         feats = self.encode(images[:, 0])
         self.memorize(memory, feats, labels_to_probs(labels[:, 0], num_objects), 0)
+        reference = self.reference_losses(memory, feats, labels[:, 0], num_objects=clip.num_objects)
         step = num_frames - 1 if chunk_frames is None else chunk_frames
         for start in range(1, num_frames, step):
             stop = min(start + step, num_frames)
@@ -177,13 +178,29 @@ class VOSModel(nn.Module, ABC):
                 logits = self.segment(memory, feats)
                 all_logits.append(logits)
                 if t < num_frames - 1:
-                    self.memorize(memory, feats, torch.softmax(logits, dim=1), t)
+                    self.memorize(memory, feats, self.training_memory_probs(logits, labels[:, t]), t)
             stacked = torch.stack(all_logits, dim=1)
             losses = self.criterion(stacked, labels[:, start:stop], num_objects=clip.num_objects)
             share = (stop - start) / (num_frames - 1)
             if share != 1.0:
                 losses = {name: value * share for name, value in losses.items()}
+            if reference and start == 1:  # the reference frame's terms belong to the first chunk alone
+                losses = {**losses, **reference, "loss": losses["loss"] + reference["loss"]}
             yield {**losses, "logits": stacked}
+
+    def training_memory_probs(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """What a training unroll memorises for a predicted frame: its probabilities (B, N+1, H, W) from logits
+        (B, N+1, H, W). ``labels`` (B, H, W) is the frame's ground truth, for models that memorise it instead in
+        part of the training (AOT's teacher forcing)."""
+        return torch.softmax(logits, dim=1)
+
+    def reference_losses(
+        self, memory: MemoryBank, feats: FrameFeatures, labels: Tensor, *, num_objects: Tensor
+    ) -> dict[str, Tensor]:
+        """Losses on the reference frame of a training clip, computed right after it is memorised: ``{"loss":
+        weighted total, <named unweighted terms>...}`` added to the clip's, or {} (the default: none). AOT's
+        auxiliary reference loss overrides it. labels: (B, H, W); num_objects: (B,)."""
+        return {}
 
     def extra_repr(self) -> str:
         return f"multi_object={self.multi_object!r}, stride={self.stride}"

@@ -117,6 +117,9 @@ class BATMAN(IdentityVOSModel):
         align_corners: of the final bilinear upsampling.
         train_long_term_gap: training long-term memory gap (9999: the reference frame only).
         memory_mask: ``"hard"`` (argmax one-hot) or ``"soft"`` memorised masks.
+        reference_loss_weight, teacher_forcing: AOT's training schedule (auxiliary reference loss, ground-truth
+            memory; :class:`~voszoo.models.identity_model.IdentityVOSModel`): BATMAN is built on AOT's code and says
+            nothing else, so its presets take AOT's official 1.0 and 0.5.
     """
 
     pending_key = "batman_pending"
@@ -140,6 +143,8 @@ class BATMAN(IdentityVOSModel):
         align_corners: bool = True,
         train_long_term_gap: int = 9999,
         memory_mask: str = "hard",
+        reference_loss_weight: float = 0.0,
+        teacher_forcing: float = 0.0,
     ) -> None:
         super().__init__(
             encoder=encoder,
@@ -152,6 +157,8 @@ class BATMAN(IdentityVOSModel):
             align_corners=align_corners,
             train_long_term_gap=train_long_term_gap,
             memory_mask=memory_mask,
+            reference_loss_weight=reference_loss_weight,
+            teacher_forcing=teacher_forcing,
         )
         if flow_norm <= 0 or flow_loss_weight < 0:
             raise ValueError(

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from voszoo.inference.memory import EveryN, MemoryBank
 from voszoo.layers.lstt import map_to_tokens, tokens_to_map
-from voszoo.models.base import FrameFeatures, VOSModel
+from voszoo.models.base import FrameFeatures, VOSModel, labels_to_probs
 
 if TYPE_CHECKING:
     from voszoo.decoders.fpn import FPNHead
@@ -40,6 +40,7 @@ __all__ = ["ASSIGNMENT_KEY", "COUNTS_KEY", "MEMORY_MASKS", "IdentityVOSModel"]
 
 ASSIGNMENT_KEY = "id_assignment"
 COUNTS_KEY = "objects_per_sample"
+REFERENCE_OUTPUTS_KEY = "reference_outputs"
 MEMORY_MASKS = ("hard", "soft")
 
 
@@ -60,6 +61,18 @@ class IdentityVOSModel(VOSModel):
         train_long_term_gap: in training, a frame joins the long-term memory every this many frames after the
             reference (9999: the reference frame only).
         memory_mask: ``"hard"`` memorises the one-hot argmax of the probabilities, ``"soft"`` the probabilities.
+        reference_loss_weight: weight of the auxiliary loss on the reference frame, decoded from its own
+            transformer pass with its own identities, at the start of training; it falls linearly to 0 at the end
+            (official ``TRAIN_AUX_LOSS_WEIGHT`` = 1 over ``TRAIN_AUX_LOSS_RATIO`` = 1 of the run). 0: none. It
+            teaches identification decoding directly: the identities to decode are the ones just embedded.
+        teacher_forcing: share of the run during which the training unroll memorises each predicted frame with its
+            ground-truth mask; after it, the model's own prediction, with the identity embedding detached so the
+            identity bank stops learning (official ``TRAIN_SEQ_TRAINING_START_RATIO`` = 0.5 and
+            ``TRAIN_SEQ_TRAINING_FREEZE_PARAMS``; the official code also zeroes the bank's learning rate, here
+            AdamW's momentum still moves it for a few steps). 0: always the prediction.
+
+    Both schedules follow the trainer's :meth:`set_training_progress`; without it (a loop of your own) there is no
+    schedule: predictions are memorised, the bank learns, and the reference loss has its full weight.
     """
 
     multi_object = "joint"
@@ -85,6 +98,8 @@ class IdentityVOSModel(VOSModel):
         align_corners: bool,
         train_long_term_gap: int,
         memory_mask: str,
+        reference_loss_weight: float = 0.0,
+        teacher_forcing: float = 0.0,
     ) -> None:
         super().__init__(criterion=criterion)
         name, layers = type(self).__name__, self.propagator_name
@@ -121,6 +136,10 @@ class IdentityVOSModel(VOSModel):
             raise ValueError(f"{name}: memory_mask must be one of {MEMORY_MASKS}, got {memory_mask!r}")
         if train_long_term_gap < 1:
             raise ValueError(f"{name}: train_long_term_gap must be >= 1, got {train_long_term_gap}")
+        if reference_loss_weight < 0:
+            raise ValueError(f"{name}: reference_loss_weight must be >= 0, got {reference_loss_weight}")
+        if not 0.0 <= teacher_forcing <= 1.0:
+            raise ValueError(f"{name}: teacher_forcing must be a share of the run in [0, 1], got {teacher_forcing}")
         # registration order = official state-dict order: encoder, encoder_projector, then the subclass's modules
         self.encoder = encoder
         self.encoder_projector = nn.Conv2d(channels[embed_scale], d_model, kernel_size=1)
@@ -131,6 +150,9 @@ class IdentityVOSModel(VOSModel):
         self.align_corners = align_corners
         self.train_long_term_gap = train_long_term_gap
         self.memory_mask = memory_mask
+        self.reference_loss_weight = reference_loss_weight
+        self.teacher_forcing = teacher_forcing
+        self.progress: float | None = None  # share of the training run done (set_training_progress); None: unknown
 
     # -- what a subclass provides -------------------------------------------------------------------------------
     @property
@@ -172,6 +194,48 @@ class IdentityVOSModel(VOSModel):
         self._write_frame(memory, feats, id_emb, frame_index)
 
     # -- training -----------------------------------------------------------------------------------------------
+    def set_training_progress(self, step: int, total_steps: int) -> None:
+        """Called by the trainer before every step: drives the reference-loss decay and the teacher forcing."""
+        self.progress = step / max(total_steps, 1)
+
+    @property
+    def _teacher_forced(self) -> bool:
+        return self.training and self.progress is not None and self.progress < self.teacher_forcing
+
+    @property
+    def _identities_frozen(self) -> bool:
+        known = self.progress is not None
+        return self.training and known and self.teacher_forcing > 0 and self.progress >= self.teacher_forcing
+
+    @property
+    def current_reference_loss_weight(self) -> float:
+        """The auxiliary reference loss's weight now: ``reference_loss_weight * (1 - progress)`` (the full weight
+        when the progress is unknown)."""
+        if self.progress is None:
+            return self.reference_loss_weight
+        return self.reference_loss_weight * max(1.0 - self.progress, 0.0)
+
+    def training_memory_probs(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """The ground truth (one-hot, B, N+1, H, W) while teacher forcing, else the predicted probabilities."""
+        if self._teacher_forced:
+            return labels_to_probs(labels, logits.shape[1] - 1).to(logits.dtype)
+        return torch.softmax(logits, dim=1)
+
+    def reference_losses(
+        self, memory: MemoryBank, feats: FrameFeatures, labels: Tensor, *, num_objects: Tensor
+    ) -> dict[str, Tensor]:
+        """The auxiliary reference loss (see ``reference_loss_weight``): the criterion on the reference frame's
+        decoding, ``{"loss": weight x total, "loss_reference": total}``; its graph is built only while the weight
+        is positive."""
+        outputs = memory.state.pop(REFERENCE_OUTPUTS_KEY, None)
+        if self.reference_loss_weight == 0 or outputs is None or self.criterion is None:
+            return {}
+        weight = self.current_reference_loss_weight
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0):
+            logits = self._decode(memory, feats, outputs)
+            total = self.criterion(logits[:, None], labels[:, None], num_objects=num_objects)["loss"]
+        return {"loss": weight * total, "loss_reference": total.detach()}
+
     def new_training_memory(self, clip: Clip, *, num_objects: int, memory_frames: int | None) -> MemoryBank:
         """AOT's training memory: long-term entries every ``train_long_term_gap`` frames after the reference (not
         every frame), and each sample's own object count for identification decoding."""
@@ -207,6 +271,8 @@ class IdentityVOSModel(VOSModel):
             probs = F.one_hot(probs.argmax(dim=1), num_objects + 1).permute(0, 3, 1, 2)
         masks = probs.to(embedding.dtype)
         id_emb = map_to_tokens(self._embed_identities(masks, memory.state[ASSIGNMENT_KEY]))
+        if self._identities_frozen:  # official freeze_id in sequence training
+            id_emb = id_emb.detach()
         if tuple(id_emb.shape[1:]) != (size[0] * size[1], self.propagator.d_model):
             raise ValueError(
                 f"{name}.memorize: the identity bank maps a {feats.size} mask to {tuple(id_emb.shape)} tokens, the "
@@ -241,7 +307,9 @@ class IdentityVOSModel(VOSModel):
             frame_memories = pending[1]
         else:
             first = memory.reference_index is None
-            _, frame_memories = self._propagate(memory, feats, reference_id_emb=id_emb if first else None)
+            outputs, frame_memories = self._propagate(memory, feats, reference_id_emb=id_emb if first else None)
+            if first and self.training and self.reference_loss_weight > 0:  # for reference_losses
+                memory.state[REFERENCE_OUTPUTS_KEY] = outputs
         tensors: dict[str, Tensor] = {}
         for layer, (key, value) in enumerate(self.propagator.fuse(frame_memories, id_emb)):
             tensors[f"key{layer}"] = key
