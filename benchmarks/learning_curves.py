@@ -7,7 +7,7 @@ script can be stopped and restarted across sessions. The results go to a JSON fi
 experiment) and a PNG (matplotlib, the ``plot`` extra). Runs one after another: on 2 cores two trainings at once
 only slow each other down.
 
-    python benchmarks/learning_curves.py                                  # all six, 400 steps, scored every 100
+    python benchmarks/learning_curves.py                                  # all six, each recipe's steps, every 100
     python benchmarks/learning_curves.py --experiments stm aot --png docs/figures/learning_curves.png
 """
 
@@ -89,20 +89,19 @@ def _baseline(data: list[str], out: Path, log: Path) -> float:
 
 
 def markdown_table(results: dict[str, Any]) -> str:
-    """The runs as a Markdown table: J&F at every scored step, on the other-seed val and the train split."""
-    steps = sorted({step for run in results["runs"].values() for step, _ in run.get("curve", [])})
-    header = ["quick recipe", *(f"step {s}" for s in steps), "other-seed val", "train split", "minutes"]
+    """The runs as a Markdown table: J&F at every scored step (runs may differ in steps), the final score, on the
+    other-seed val and on the train split."""
+    header = ["quick recipe", "J&F by step (ToyVOS val)", "final", "other-seed val", "train split", "minutes"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     base, base_other = results.get("baseline_jf"), results.get("baseline_jf_other_seed")
     shown = [f"{v:.3f}" if isinstance(v, float) else "" for v in (base, base_other)]
-    lines.append(
-        "| copy first frame (no training) | " + " | ".join([shown[0]] * len(steps) + [shown[1], "", ""]) + " |"
-    )
+    lines.append(f"| copy first frame (no training) | | {shown[0]} | {shown[1]} | | |")
     for name, run in results["runs"].items():
-        curve = dict(run.get("curve", []))
-        cells = [f"{curve[s]:.3f}" if s in curve else "" for s in steps]
-        extra = [f"{run[k]:.3f}" if isinstance(run.get(k), float) else "" for k in ("val_other_seed", "train_split")]
-        lines.append("| " + " | ".join([f"`{name}_quick`", *cells, *extra, str(run.get("wall_minutes", ""))]) + " |")
+        curve = ", ".join(f"{step}: {score:.3f}" for step, score in run.get("curve", []))
+        cells = [
+            f"{run[k]:.3f}" if isinstance(run.get(k), float) else "" for k in ("val", "val_other_seed", "train_split")
+        ]
+        lines.append("| " + " | ".join([f"`{name}_quick`", curve, *cells, str(run.get("wall_minutes", ""))]) + " |")
     return "\n".join(lines)
 
 
@@ -139,7 +138,9 @@ def write_png(results: dict[str, Any], path: Path) -> Path | None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
-    parser.add_argument("--steps", type=int, default=400, help="trainer.max_steps of every run")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="trainer.max_steps of every run (default: the recipe's)"
+    )
     parser.add_argument("--every", type=int, default=100, help="score on ToyVOS val every so many steps")
     parser.add_argument("--runs", type=Path, default=Path("outputs/learning_curves"), help="run folders")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "learning_curves.json")
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             _python(
                 "voszoo.train",
                 f"experiment={name}_quick",
-                f"trainer.max_steps={args.steps}",
+                *([f"trainer.max_steps={args.steps}"] if args.steps is not None else []),
                 f"trainer.eval_every={args.every}",
                 *args.extra,
                 f"hydra.run.dir={run_dir}",

@@ -30,3 +30,18 @@ def test_every_quick_experiment_names_the_preset_it_trains() -> None:
     for name, preset in learning_curves.PRESETS.items():
         assert f"override /model: {preset}" in (conf / f"{name}_quick.yaml").read_text()
     assert set(learning_curves.PRESETS) == set(learning_curves.EXPERIMENTS)
+
+
+def test_table_lists_each_run_with_its_own_steps() -> None:
+    results = {
+        "baseline_jf": 0.225,
+        "baseline_jf_other_seed": 0.2,
+        "runs": {
+            "stm": {"curve": [[100, 0.21], [400, 0.4]], "val": 0.4, "val_other_seed": 0.39, "wall_minutes": 20.3},
+            "aot": {"curve": [[550, 0.3], [1100, 0.35]], "val": 0.35},
+        },
+    }
+    lines = learning_curves.markdown_table(results).splitlines()
+    assert lines[2] == "| copy first frame (no training) | | 0.225 | 0.200 | | |"
+    assert lines[3] == "| `stm_quick` | 100: 0.210, 400: 0.400 | 0.400 | 0.390 |  | 20.3 |"
+    assert lines[4] == "| `aot_quick` | 550: 0.300, 1100: 0.350 | 0.350 |  |  |  |"

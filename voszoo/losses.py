@@ -255,6 +255,6 @@ class SegmentationCriterion(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"bootstrap_ratio={self.bootstrap_ratio}, bootstrap_warmup={self.bootstrap_warmup}, ce_weight={self.ce_weight}, "
-            f"jaccard_weight={self.jaccard_weight}, iou_weight={self.iou_weight}"
+            f"bootstrap_ratio={self.bootstrap_ratio}, bootstrap_warmup={self.bootstrap_warmup}, "
+            f"ce_weight={self.ce_weight}, jaccard_weight={self.jaccard_weight}, iou_weight={self.iou_weight}"
         )

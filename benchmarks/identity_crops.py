@@ -1,0 +1,182 @@
+"""Does a trained checkpoint tell objects apart, and at which frame size? Identity shares on ToyVOS val crops.
+
+A quick recipe can score below copy-first-frame for two different reasons: it never learned to tell objects apart
+(wrong identities even at its training geometry), or it learned at the 96x96 training crops and fails on the
+192x192 evaluation frames (more tokens, more memory frames). This script separates the two. It cuts square crops of
+``--size`` pixels (stride size/2) from the first ``--videos`` ToyVOS val videos, keeps the crops whose frame 0 holds
+at least two objects (ids renumbered 1..N), and runs the model's own training unroll in eval mode on frames
+(0, 2, 4): frame 0 with its ground truth, frames 2 and 4 predicted. Over the predicted frames' object pixels it
+reports
+
+- ``right id``: the share predicted as the right object;
+- ``wrong id``: the share predicted as another object (identity confusion; the rest is lost to background);
+
+and, for models with an STM memory reader (``model.reader``: STM, MUNet, MGA), ``read mass``: for query tokens of
+frame 2 inside an object, the share of the read's affinity on memory tokens (frame 0) of the same object: how
+well the matching itself holds, before any decoder.
+
+    python benchmarks/identity_crops.py stm_r18 outputs/learning_curves/stm/last.pt --size 96 192
+    python benchmarks/identity_crops.py munet_r18 init --size 96     # init: ToyVOS pre-training, tied, untrained
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = ["crop_clips", "main", "score"]
+
+
+def _load_video(root: Path, name: str, frames: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+
+    from voszoo.data.transforms import normalize_image
+
+    images, labels = [], []
+    for index in frames:
+        image_path = next((root / "JPEGImages" / "480p" / name).glob(f"{index:05d}.*"))
+        images.append(normalize_image(np.array(Image.open(image_path).convert("RGB"))))
+        mask = np.array(Image.open(root / "Annotations" / "480p" / name / f"{index:05d}.png"))
+        labels.append(torch.from_numpy(mask.astype(np.int64)))
+    return torch.stack(images), torch.stack(labels)
+
+
+def crop_clips(images: torch.Tensor, labels: torch.Tensor, *, size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Square crops (stride size/2) of a (T, 3, H, W) clip and its (T, H, W) labels whose first frame holds >= 2
+    objects, ids renumbered 1..N in order (what a model's training unroll expects); labels 255 stay void."""
+    height, width = labels.shape[-2:]
+    stride = max(size // 2, 1)
+    crops = []
+    for top in range(0, height - size + 1, stride):
+        for left in range(0, width - size + 1, stride):
+            image = images[..., top : top + size, left : left + size]
+            label = labels[..., top : top + size, left : left + size]
+            ids = [int(i) for i in label[0].unique() if 0 < int(i) < 255]
+            if len(ids) < 2:
+                continue
+            lookup = torch.zeros(256, dtype=torch.long)
+            lookup[255] = 255
+            for new, old in enumerate(ids, start=1):
+                lookup[old] = new
+            crops.append((image, lookup[label]))
+    return crops
+
+
+def _build(preset: str, checkpoint: str) -> torch.nn.Module:
+    from omegaconf import open_dict
+
+    from voszoo.engine.checkpoint import read_checkpoint
+    from voszoo.models.registry import build_model, compose_model_config, random_weights_config
+
+    if checkpoint == "init":  # what a quick recipe starts from: the ToyVOS pre-training, tied where the preset can
+        cfg = compose_model_config(preset)
+        with open_dict(cfg):
+            for key in ("encoder", "query_encoder", "memory_encoder"):
+                if key in cfg and "weights" in cfg[key]:
+                    cfg[key].weights = "toyvos"
+            if "tie_initial_weights" in cfg or preset.startswith(("stm", "munet", "mga")):
+                cfg.tie_initial_weights = True
+        return build_model(cfg)
+    model = build_model(random_weights_config(preset))
+    model.load_state_dict(read_checkpoint(checkpoint)["state_dict"])
+    return model
+
+
+def score(model: torch.nn.Module, root: Path, *, size: int, videos: int) -> dict[str, float]:
+    """right id, wrong id (and read mass for STM-family models) over the val crops; see the module docstring."""
+    from voszoo.layers.memory_read import memory_affinity
+    from voszoo.types import Clip
+
+    reader = getattr(model, "reader", None)
+    affinities: list[torch.Tensor] = []
+    if reader is not None:
+        original = reader.forward
+
+        def recording(memory_key, memory_value, query_key, query_value=None, **kwargs):
+            affinities.append(memory_affinity(memory_key, query_key))
+            return original(memory_key, memory_value, query_key, query_value, **kwargs)
+
+        reader.forward = recording
+    right = wrong = total = 0
+    masses: list[float] = []
+    names = sorted(p.name for p in (root / "Annotations" / "480p").iterdir())[:videos]
+    model.eval()
+    for name in names:
+        images, labels = _load_video(root, name, (0, 2, 4))
+        for image, label in crop_clips(images, labels, size=size):
+            count = int(label[0][label[0] < 255].max())
+            clip = Clip(
+                images=image[None],
+                labels=label[None],
+                num_objects=torch.tensor([count]),
+                names=[name],
+                frame_indices=torch.tensor([[0, 2, 4]]),
+            )
+            affinities.clear()
+            with torch.no_grad():
+                predicted = model(clip)["logits"].argmax(2)[0]
+            truth = label[1:]
+            objects = (truth > 0) & (truth < 255)
+            right += int(((predicted == truth) & objects).sum())
+            wrong += int(((predicted != truth) & (predicted > 0) & objects).sum())
+            total += int(objects.sum())
+            if affinities:
+                masses.append(_read_mass(affinities[0], label, count))
+    if reader is not None:
+        reader.forward = original
+    result = {"right_id": right / max(total, 1), "wrong_id": wrong / max(total, 1), "crops_pixels": float(total)}
+    if masses:
+        result["read_mass"] = float(np.mean(masses))
+    return result
+
+
+def _read_mass(affinity: torch.Tensor, label: torch.Tensor, count: int) -> float:
+    """Share of the affinity (objects x HW_query x HW_memory) of frame-2 object tokens on same-object memory
+    tokens of frame 0, labels pooled to the token grid; averaged over the objects' reads."""
+    grid = int(round(affinity.shape[1] ** 0.5))
+
+    def shares(frame: torch.Tensor) -> torch.Tensor:  # (N+1, tokens): each token's label shares
+        clean = torch.where(frame == 255, torch.zeros_like(frame), frame)
+        one_hot = F.one_hot(clean, count + 1).permute(2, 0, 1)[None].float()
+        return F.adaptive_avg_pool2d(one_hot, (grid, grid))[0].flatten(1)
+
+    memory, query = shares(label[0]), shares(label[1])
+    inside = query[1:].sum(0) > 0.5
+    if not bool(inside.any()):
+        return float("nan")
+    per_object = [float(((affinity[k] @ memory.T) * query.T).sum(1)[inside].mean()) for k in range(affinity.shape[0])]
+    return float(np.nanmean(per_object))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("preset", help="model preset of the checkpoint, e.g. stm_r18, munet_r18, aot_t_r18")
+    parser.add_argument("checkpoint", help="a voszoo checkpoint (.pt), or 'init' for the untrained quick start")
+    parser.add_argument("--size", type=int, nargs="+", default=[96, 192], help="crop sizes (192: whole frames)")
+    parser.add_argument("--videos", type=int, default=16, help="first N ToyVOS val videos")
+    parser.add_argument("--data", type=Path, default=Path("data/toyvos"), help="ToyVOS root (DAVIS layout)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    if not (args.data / "Annotations" / "480p").is_dir():
+        parser.error(f"--data {args.data}: no Annotations/480p folder (generate ToyVOS with voszoo-toyvos first)")
+    torch.manual_seed(0)
+    model = _build(args.preset, args.checkpoint)
+    results: dict[str, Any] = {"preset": args.preset, "checkpoint": args.checkpoint, "sizes": {}}
+    for size in args.size:
+        results["sizes"][str(size)] = score(model, args.data, size=size, videos=args.videos)
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in results["sizes"][str(size)].items() if k != "crops_pixels")
+        print(f"{args.preset} {args.checkpoint} crops {size}: {shown}", flush=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
