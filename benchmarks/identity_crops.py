@@ -13,7 +13,11 @@ reports
 
 and, for models with an STM memory reader (``model.reader``: STM, MUNet, MGA), ``read mass``: for query tokens of
 frame 2 inside an object, the share of the read's affinity on memory tokens (frame 0) of the same object: how
-well the matching itself holds, before any decoder.
+well the matching itself holds, before any decoder. For identity models (``model.id_bank``: AOT, BATMAN) it adds
+``identity_sensitivity``, the largest change of frame 2's logits when the identity embeddings are zeroed (does the
+decoder read them at all), relative to the largest logit, and the cosine similarities of the bank's slot
+embeddings on a full patch (``slot_cosine``: min / max between object slots, and between background and objects):
+can the slots be told apart.
 
     python benchmarks/identity_crops.py stm_r18 outputs/learning_curves/stm/last.pt --size 96 192
     python benchmarks/identity_crops.py munet_r18 init --size 96     # init: ToyVOS pre-training, tied, untrained
@@ -106,6 +110,7 @@ def score(model: torch.nn.Module, root: Path, *, size: int, videos: int) -> dict
         reader.forward = recording
     right = wrong = total = 0
     masses: list[float] = []
+    last_clip = None
     names = sorted(p.name for p in (root / "Annotations" / "480p").iterdir())[:videos]
     model.eval()
     for name in names:
@@ -120,6 +125,7 @@ def score(model: torch.nn.Module, root: Path, *, size: int, videos: int) -> dict
                 frame_indices=torch.tensor([[0, 2, 4]]),
             )
             affinities.clear()
+            last_clip = clip
             with torch.no_grad():
                 predicted = model(clip)["logits"].argmax(2)[0]
             truth = label[1:]
@@ -132,9 +138,46 @@ def score(model: torch.nn.Module, root: Path, *, size: int, videos: int) -> dict
     if reader is not None:
         reader.forward = original
     result = {"right_id": right / max(total, 1), "wrong_id": wrong / max(total, 1), "crops_pixels": float(total)}
+    if hasattr(model, "id_bank") and last_clip is not None:
+        result["identity_sensitivity"] = _identity_sensitivity(model, last_clip)
     if masses:
         result["read_mass"] = float(np.nanmean(masses))  # crops without a token mostly inside an object: nan
     return result
+
+
+def _identity_sensitivity(model: torch.nn.Module, clip: Any) -> float:
+    """max |logits - logits with zeroed identity embeddings| / max |logits| on a clip's predicted frames."""
+    with torch.no_grad():
+        logits = model(clip)["logits"]
+        original = model._embed_identities
+        model._embed_identities = lambda masks, assignment: original(masks, assignment) * 0.0
+        try:
+            blind = model(clip)["logits"]
+        finally:
+            del model._embed_identities  # back to the class method
+    valid = logits > -1e9  # objects a sample lacks carry -1e10 in both
+    return float((logits - blind)[valid].abs().max() / logits[valid].abs().max())
+
+
+def slot_cosines(bank: torch.nn.Module, *, size: int = 96) -> dict[str, list[float]]:
+    """Cosine similarities of the identity bank's slot embeddings, each slot filling a whole (size x size) mask
+    (token at the centre): [min, max] between object slots and between the background slot and object slots."""
+    slots = bank.num_identities + 1
+    vectors = []
+    with torch.no_grad():
+        for slot in range(slots):
+            masks = torch.zeros(1, 2, size, size)
+            masks[0, 0 if slot == 0 else 1] = 1.0
+            embedding = bank(masks, torch.tensor([[0, max(slot, 1)]]))
+            vectors.append(embedding[0, :, embedding.shape[2] // 2, embedding.shape[3] // 2])
+    unit = F.normalize(torch.stack(vectors), dim=1)
+    cosine = unit @ unit.T
+    objects = cosine[1:, 1:][~torch.eye(slots - 1, dtype=torch.bool)]
+    background = cosine[0, 1:]
+    return {
+        "objects": [float(objects.min()), float(objects.max())],
+        "background_objects": [float(background.min()), float(background.max())],
+    }
 
 
 def _read_mass(affinity: torch.Tensor, label: torch.Tensor, count: int) -> float:
@@ -169,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     model = _build(args.preset, args.checkpoint)
     results: dict[str, Any] = {"preset": args.preset, "checkpoint": args.checkpoint, "sizes": {}}
+    if hasattr(model, "id_bank"):
+        results["slot_cosine"] = slot_cosines(model.id_bank)
+        print(f"{args.preset} {args.checkpoint} identity slots, cosine: {results['slot_cosine']}", flush=True)
     for size in args.size:
         results["sizes"][str(size)] = score(model, args.data, size=size, videos=args.videos)
         shown = ", ".join(f"{k} {v:.3f}" for k, v in results["sizes"][str(size)].items() if k != "crops_pixels")

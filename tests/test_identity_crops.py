@@ -25,3 +25,13 @@ def test_crops_keep_two_object_windows_and_renumber_ids_in_order() -> None:
     torch.testing.assert_close(image, images[..., :4, :4])
     assert label[0, 0, 0] == 2 and label[0, 1, 1] == 1 and label[0, 2, 2] == 255  # 3 -> 1, 7 -> 2, void kept
     assert set(label.unique().tolist()) == {0, 1, 2, 255}
+
+
+def test_slot_cosines_see_the_bias_dominated_official_init_and_a_distinct_large_one() -> None:
+    from voszoo.layers.identity import IdentityBank
+
+    torch.manual_seed(0)
+    official = identity_crops.slot_cosines(IdentityBank(num_identities=4, embed_dim=64))
+    assert official["objects"][0] > 0.9  # gain 17^-2: every slot's embedding is the shared bias
+    large = identity_crops.slot_cosines(IdentityBank(num_identities=4, embed_dim=64, init_gain=1.0))
+    assert max(abs(v) for v in large["objects"]) < 0.6  # orthogonal rows at gain 1: slots nearly orthogonal
