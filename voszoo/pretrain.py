@@ -1,7 +1,7 @@
 """voszoo-pretrain: pre-train an encoder on ToyVOS and put it in the weights cache (Hydra app, conf/pretrain.yaml).
 
     voszoo-pretrain                              # the default recipe, which `weights: toyvos` resolves to
-    voszoo-pretrain pretrain_pairs=static        # the static-image alternative
+    voszoo-pretrain pretrain_pairs@pairs=static  # the static-image alternative
     voszoo-pretrain trainer.max_steps=600        # another recipe: another cache key, never mixed up with the default
 
 The run itself (checkpoints, ``metrics.jsonl``) lives in the cache's ``runs/`` folder of its recipe key, so an
