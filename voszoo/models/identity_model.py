@@ -219,7 +219,7 @@ class IdentityVOSModel(VOSModel):
         """The ground truth (one-hot, B, N+1, H, W) while teacher forcing, else the predicted probabilities."""
         if self._teacher_forced:
             return labels_to_probs(labels, logits.shape[1] - 1).to(logits.dtype)
-        return torch.softmax(logits, dim=1)
+        return super().training_memory_probs(logits, labels)
 
     def reference_losses(
         self, memory: MemoryBank, feats: FrameFeatures, labels: Tensor, *, num_objects: Tensor
