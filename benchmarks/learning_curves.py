@@ -60,12 +60,29 @@ def curve_of(run_dir: Path) -> list[tuple[int, float]]:
     return sorted(points.items())
 
 
+def inference_overrides(run_dir: Path) -> list[str]:
+    """The voszoo-eval overrides that score a run as its own final evaluation did: the recipe's memory schedule and
+    frame size (e.g. sitvos_quick's ``model/memory=first_and_previous`` and ``eval.short_side=96``), read from the
+    run's saved Hydra config (none if it has none)."""
+    from omegaconf import OmegaConf
+
+    hydra_dir = run_dir / ".hydra"
+    if not (hydra_dir / "config.yaml").is_file():
+        return []
+    config = OmegaConf.load(hydra_dir / "config.yaml")
+    choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
+    overrides = [f"short_side={config.eval.short_side}"] if config.eval.get("short_side") is not None else []
+    memory = choices.get("model/memory")
+    return overrides + ([f"model/memory={memory}"] if memory is not None else [])
+
+
 def _score(checkpoint: Path, experiment: str, out: Path, data: list[str], log: Path) -> dict[str, Any]:
     if not (out / "metrics.json").is_file():
         _python(
             "voszoo.evaluate",
             f"model={PRESETS[experiment]}",
             f"checkpoint={checkpoint}",
+            *inference_overrides(checkpoint.parent),
             *data,
             f"hydra.run.dir={out}",
             log=log,

@@ -45,3 +45,28 @@ def test_table_lists_each_run_with_its_own_steps() -> None:
     assert lines[2] == "| copy first frame (no training) | | 0.225 | 0.200 | | |"
     assert lines[3] == "| `stm_quick` | 100: 0.210, 400: 0.400 | 0.400 | 0.390 |  | 20.3 |"
     assert lines[4] == "| `aot_quick` | 550: 0.300, 1100: 0.350 | 0.350 |  |  |  |"
+
+
+def test_runs_are_rescored_with_their_recipes_inference_settings(tmp_path: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from voszoo.hydra_compose import compose_config
+
+    config = compose_config("train", ["experiment=sitvos_quick"])
+    hydra_dir = tmp_path / ".hydra"
+    hydra_dir.mkdir()
+    OmegaConf.save(config, hydra_dir / "config.yaml")
+    choices = {"model": "sitvos_r18", "model/memory": "first_and_previous", "experiment": "sitvos_quick"}
+    OmegaConf.save({"hydra": {"runtime": {"choices": choices}}}, hydra_dir / "hydra.yaml")
+    assert learning_curves.inference_overrides(tmp_path) == ["short_side=96", "model/memory=first_and_previous"]
+    assert learning_curves.inference_overrides(tmp_path / "no_hydra_config") == []
+
+
+def test_an_experiment_sets_the_train_configs_own_keys() -> None:
+    from voszoo.hydra_compose import compose_config
+
+    config = compose_config("train", ["experiment=sitvos_quick"])
+    assert config.eval.short_side == 96
+    assert config.model.memory._target_.endswith("FirstAndPrevious")
+    assert compose_config("train", ["experiment=sitvos_quick", "eval.short_side=null"]).eval.short_side is None
+    assert compose_config("train", ["experiment=stm_quick"]).eval.short_side is None
