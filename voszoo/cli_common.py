@@ -2,39 +2,83 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["hydra_entry", "prepare_data", "evaluate_model", "resolve_device"]
+from voszoo.errors import describe_user_error, report_user_error, take_verbose_flag
+
+__all__ = ["hydra_entry", "guarded_task", "JobFailedError", "prepare_data", "evaluate_model", "resolve_device"]
 
 logger = logging.getLogger("voszoo")
 
 
 def hydra_entry(task: Callable[[DictConfig], Any], config_name: str) -> None:
-    """Run ``task`` as a Hydra app on voszoo's config tree (absolute path, version_base 1.3); built at call time
-    so that importing an entry module does nothing."""
+    """Run ``task`` as the Hydra app ``voszoo-<config_name>`` on voszoo's config tree (absolute path, version_base
+    1.3), inside the shared error boundary (:func:`guarded_task`); built at call time so that importing an entry
+    module does nothing. ``--verbose`` on the command line asks for full tracebacks."""
     import hydra
 
     from voszoo._paths import conf_dir
 
+    take_verbose_flag(sys.argv)
+    task = guarded_task(task, prog=f"voszoo-{config_name}")
     hydra.main(config_path=str(conf_dir()), config_name=config_name, version_base="1.3")(task)()
+
+
+class JobFailedError(CompactHydraException):
+    """A multirun job stopped on a user error, already reported in one line. Hydra prints a compact exception
+    without its traceback once the sweep's jobs have run, and exits 1."""
+
+
+def guarded_task(task: Callable[[DictConfig], Any], *, prog: str) -> Callable[[DictConfig], Any]:
+    """``task`` behind the shared error boundary (:mod:`voszoo.errors`).
+
+    Hydra catches what a task raises and prints its traceback, so the boundary sits inside the task: a user error
+    prints one line and a hint, then exits 1 (a single run) or fails only its own job (a multirun: the other jobs
+    still run and Hydra exits 1 at the end).
+    """
+
+    @functools.wraps(task)  # Hydra names the job after the wrapped function's module
+    def guarded(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except Exception as error:
+            if not report_user_error(error, prog=prog):
+                raise
+            if _in_multirun():
+                raise JobFailedError(f"{prog}: job failed: {describe_user_error(error)[0]}") from error
+            raise SystemExit(1) from None
+
+    return guarded
+
+
+def _in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
 def prepare_data(data: DictConfig) -> None:
     """Make sure the dataset exists: ToyVOS (``data.generate`` set) is generated on first use; under torchrun the
     first local rank generates and the others wait for it."""
+    from voszoo.data.io import VOSDataError
+
     generate = data.get("generate")
     if not generate:
         if not Path(data.root).is_dir():
-            raise FileNotFoundError(
-                f"dataset {data.name!r}: root folder {data.root} not found; download it and set data.root "
-                "(or the VOSZOO_DATA environment variable), see docs/datasets.md"
+            raise VOSDataError(
+                f"dataset {data.name!r}: root folder {data.root} not found",
+                hint="download it and set data.root (or the VOSZOO_DATA environment variable), see docs/datasets.md",
             )
         return
     from voszoo.data.toy import generate_toyvos

@@ -8,10 +8,12 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from voszoo.errors import UserError
+
 __all__ = ["build", "ConfigError"]
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config names an unknown component or passes arguments its constructor does not take."""
 
 
