@@ -40,7 +40,8 @@ class JobFailedError(CompactHydraException):
 
 
 def guarded_task(task: Callable[[DictConfig], Any], *, prog: str) -> Callable[[DictConfig], Any]:
-    """``task`` behind the shared error boundary (:mod:`voszoo.errors`).
+    """``task`` behind the shared error boundary (:mod:`voszoo.errors`), after every ``_target_`` of the config
+    has been checked (:func:`voszoo.instantiate.check_targets`).
 
     Hydra catches what a task raises and prints its traceback, so the boundary sits inside the task: a user error
     prints one line and a hint, then exits 1 (a single run) or fails only its own job (a multirun: the other jobs
@@ -49,7 +50,10 @@ def guarded_task(task: Callable[[DictConfig], Any], *, prog: str) -> Callable[[D
 
     @functools.wraps(task)  # Hydra names the job after the wrapped function's module
     def guarded(cfg: DictConfig) -> Any:
+        from voszoo.instantiate import check_targets
+
         try:
+            check_targets(cfg)  # the whole tree, before the task builds (calls) anything
             return task(cfg)
         except Exception as error:
             if not report_user_error(error, prog=prog):
