@@ -1,5 +1,6 @@
 """voszoo.instantiate: only allowed ``_target_`` callables are built, and the whole config tree is checked before
-anything is called (issue 20, item 5: ``+model.pwn._target_=builtins.open`` truncated a file before the build failed)."""
+anything is called (issue 20, item 5: ``+model.pwn._target_=builtins.open`` truncated a file before the build
+failed)."""
 
 from __future__ import annotations
 
