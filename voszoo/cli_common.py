@@ -16,7 +16,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from voszoo.errors import describe_user_error, report_user_error, take_verbose_flag
 
-__all__ = ["hydra_entry", "guarded_task", "JobFailedError", "prepare_data", "evaluate_model", "resolve_device"]
+__all__ = [
+    "JobFailedError",
+    "config_float",
+    "config_int",
+    "evaluate_model",
+    "guarded_task",
+    "hydra_entry",
+    "prepare_data",
+    "resolve_device",
+]
 
 logger = logging.getLogger("voszoo")
 
@@ -70,6 +79,55 @@ def _in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def config_int(
+    cfg: DictConfig, key: str, *, minimum: int, optional: bool = False, hint: str | None = None
+) -> int | None:
+    """The integer at dotted ``key`` of ``cfg`` (null allowed if ``optional``), checked to be >= ``minimum`` before
+    anything uses it; otherwise a :class:`~voszoo.instantiate.ConfigError` that names the key and says ``hint`` (``int
+    ("abc")`` would name nothing, and a bad count would fail later, blamed on whatever consumes it)."""
+    value = OmegaConf.select(cfg, key)
+    if value is None and optional:
+        return None
+    number = _as_number(value, integer=True)
+    if number is None or number < minimum:
+        _bad_value(key, value, f"an integer >= {minimum}" + (" or null" if optional else ""), hint=hint)
+    return int(number)
+
+
+def config_float(
+    cfg: DictConfig, key: str, *, minimum: float, inclusive: bool = True, hint: str | None = None
+) -> float:
+    """The number at dotted ``key`` of ``cfg``, checked to be >= ``minimum`` (> if not ``inclusive``); see
+    :func:`config_int`."""
+    value = OmegaConf.select(cfg, key)
+    number = _as_number(value, integer=False)
+    if number is None or number < minimum or (number == minimum and not inclusive):
+        _bad_value(key, value, f"a number {'>=' if inclusive else '>'} {minimum}", hint=hint)
+    return float(number)
+
+
+def _as_number(value: Any, *, integer: bool) -> float | int | None:
+    """``value`` as an int (or float), None if it is not one (bools and non-integral floats are not integers)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            return None
+    if not isinstance(value, (int, float)) or value != value:  # NaN
+        return None
+    if integer:
+        return int(value) if float(value).is_integer() else None
+    return value
+
+
+def _bad_value(key: str, value: Any, expected: str, *, hint: str | None) -> None:
+    from voszoo.instantiate import ConfigError
+
+    raise ConfigError(f"{key}={value!r}: expected {expected}", hint=hint or f"pass {key}=<{expected}>")
 
 
 def prepare_data(data: DictConfig) -> None:

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from voszoo.cli_common import evaluate_model, hydra_entry, prepare_data, resolve_device
+from voszoo.cli_common import config_int, evaluate_model, hydra_entry, prepare_data, resolve_device
 
 if TYPE_CHECKING:
     from voszoo.evaluation.sharding import EvalGroup
 
-__all__ = ["main", "evaluate", "config_differences", "model_config_hint"]
+__all__ = ["main", "evaluate", "check_eval_config", "config_differences", "model_config_hint"]
 
 logger = logging.getLogger("voszoo.evaluate")
 
@@ -139,6 +139,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     from voszoo.engine.distributed import destroy_distributed
     from voszoo.evaluation.sharding import DEFAULT_TIMEOUT, join_eval_group
 
+    check_eval_config(cfg)
     device = resolve_device(cfg.device)
     group = join_eval_group(
         device_type="cuda" if device.startswith("cuda") else "cpu",
@@ -152,6 +153,15 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         return _evaluate(cfg, _shared_output_dir(group, output_dir), device=device, group=group)
     finally:
         destroy_distributed()
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """Check the values of a ``voszoo-eval`` config that are plain numbers, naming the key at fault
+    (:class:`~voszoo.instantiate.ConfigError`), before anything is loaded or built."""
+    config_int(cfg, "max_videos", minimum=1, optional=True, hint="max_videos=null scores every video")
+    config_int(cfg, "max_frames", minimum=1, optional=True)
+    config_int(cfg, "short_side", minimum=1, optional=True)
+    config_int(cfg, "workers", minimum=1)
 
 
 def _shared_output_dir(group: EvalGroup, output_dir: str | Path) -> str:
@@ -193,8 +203,8 @@ def _evaluate(cfg: DictConfig, output_dir: str | Path, *, device: str, group: Ev
         device=device,
         max_frames=cfg.max_frames,
         sequences=list(cfg.sequences) if cfg.sequences is not None else None,
-        max_videos=cfg.max_videos,
-        workers=int(cfg.workers),
+        max_videos=config_int(cfg, "max_videos", minimum=1, optional=True),
+        workers=config_int(cfg, "workers", minimum=1),
         short_side=cfg.short_side,
         flip=bool(cfg.flip),
         amp=cfg.amp,

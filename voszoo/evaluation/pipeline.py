@@ -42,6 +42,9 @@ def evaluate_predictor(
     out_dir = Path(out_dir)
     names = list(sequences) if sequences is not None else list(collection.sequences)
     if max_videos is not None:
+        # A negative count would slice from the end (-1: all videos but one) and 0 would score nothing: refuse both.
+        if isinstance(max_videos, bool) or not isinstance(max_videos, int) or max_videos < 1:
+            raise ValueError(f"evaluate_predictor: max_videos must be an integer >= 1 or None (all): {max_videos!r}")
         names = names[:max_videos]
     predictions = out_dir / "predictions"
     if group is not None and group.world_size > 1:

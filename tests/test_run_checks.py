@@ -1,0 +1,71 @@
+"""What voszoo-eval and voszoo-train check before they predict or train (issue 20): counts and numbers named by
+their config key (item 9), ``max_videos`` never a silent slice (item 4), a used output folder (item 8) and a dataset
+that cannot be scored (item 11) refused before the first forward."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from datasets_util import make_toyvos
+from hydra import compose, initialize_config_dir
+
+from voszoo._paths import conf_dir
+from voszoo.data.davis import ToyVOS
+from voszoo.evaluation.pipeline import evaluate_predictor
+from voszoo.inference.predict import CopyFirstFrame
+from voszoo.instantiate import ConfigError
+
+
+def config(name: str, *overrides: str):
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        return compose(name, overrides=list(overrides))
+
+
+@pytest.fixture
+def toy(tmp_path: Path) -> ToyVOS:
+    return ToyVOS(make_toyvos(tmp_path / "toy", sequences={"a": (4, 2), "b": (3, 1)}), split="val")
+
+
+def score(toy: ToyVOS, out: Path, **kwargs) -> dict:
+    return evaluate_predictor(CopyFirstFrame(), toy, out, workers=1, progress=False, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------- item 4: max_videos
+@pytest.mark.parametrize("bad", [-1, 0])
+def test_max_videos_below_one_is_an_error_not_a_slice(toy: ToyVOS, tmp_path: Path, bad: int) -> None:
+    with pytest.raises(ValueError, match=f"max_videos must be an integer >= 1 or None.*{bad}"):
+        score(toy, tmp_path / "out", max_videos=bad)
+    assert not (tmp_path / "out").exists()
+    assert score(toy, tmp_path / "all", max_videos=None)["videos"] == 2
+    with pytest.raises(ConfigError, match=r"^max_videos=-1: expected an integer >= 1 or null") as raised:
+        from voszoo.evaluate import check_eval_config
+
+        check_eval_config(config("eval", "max_videos=-1"))
+    assert raised.value.hint == "max_videos=null scores every video"
+
+
+# ------------------------------------------------------------------------------------ item 9: values name their key
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("trainer.max_steps=abc", r"^trainer\.max_steps='abc': expected an integer >= 1$"),
+        ("trainer.max_steps=-1", r"^trainer\.max_steps=-1: expected an integer >= 1$"),  # not blamed on `schedule`
+        ("optim.lr=abc", r"^optim\.lr='abc': expected a number > 0\.0$"),
+        ("eval.max_videos=-1", r"^eval\.max_videos=-1: expected an integer >= 1 or null$"),
+    ],
+)
+def test_train_values_name_their_key(override: str, message: str) -> None:
+    from voszoo.train import build_run, check_train_config
+
+    cfg = config("train", "model=stm_r18", override)
+    with pytest.raises(ConfigError, match=message):
+        check_train_config(cfg)
+    with pytest.raises(ConfigError, match=message):
+        build_run(cfg)  # checked before the model is built
+
+
+def test_train_config_accepts_the_shipped_values() -> None:
+    from voszoo.train import check_train_config
+
+    check_train_config(config("train", "model=stm_r18", "trainer.max_steps=1e3", "experiment=aot_quick"))
