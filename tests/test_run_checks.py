@@ -69,3 +69,50 @@ def test_train_config_accepts_the_shipped_values() -> None:
     from voszoo.train import check_train_config
 
     check_train_config(config("train", "model=stm_r18", "trainer.max_steps=1e3", "experiment=aot_quick"))
+
+
+# ------------------------------------------------------------------------------------ item 8: a used output folder
+def test_a_used_output_folder_is_refused_unless_overwrite_and_then_cleared(toy: ToyVOS, tmp_path: Path) -> None:
+    from voszoo.evaluation.pipeline import OutputFolderError, write_metrics
+
+    out = tmp_path / "out"
+    score(toy, out)
+    write_metrics(out, {"J&F": 0.5})
+    stale = out / "predictions" / "gone" / "00000.png"  # a sequence the new run does not predict
+    stale.parent.mkdir()
+    stale.write_bytes(b"old")
+    (out / ".hydra").mkdir()
+    used = r"already holds .*global_results-val\.csv.*metrics\.json.*predictions/"
+    with pytest.raises(OutputFolderError, match=used):
+        score(toy, out)
+    assert stale.exists() and (out / "metrics.json").exists()
+    score(toy, out, overwrite=True, sequences=["a"])
+    assert not stale.exists() and not (out / "metrics.json").exists() and (out / ".hydra").is_dir()
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["a"]
+
+
+def test_voszoo_eval_refuses_before_hydra_writes_into_the_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from omegaconf import OmegaConf
+
+    from voszoo.cli_common import ClaimOutputDir
+
+    out = tmp_path / "used"
+    (out / "predictions" / "a").mkdir(parents=True)
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        composed = compose("eval", overrides=[f"hydra.run.dir={out}"], return_hydra_config=True)
+    callback = composed.hydra.callbacks.claim_output_dir
+    assert callback._target_ == "voszoo.cli_common.ClaimOutputDir"  # wired into conf/eval.yaml
+    with pytest.raises(SystemExit) as exited:
+        ClaimOutputDir().on_run_start(config=composed)
+    assert exited.value.code == 1
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == (
+        f"voszoo-eval: error: {out} already holds the results of an earlier evaluation (predictions/); "
+        "new ones would mix with them"
+    )
+    assert lines[1].startswith("hint: pass overwrite=true")
+    OmegaConf.update(composed, "overwrite", True)
+    ClaimOutputDir().on_run_start(config=composed)
+    assert not (out / "predictions").exists()

@@ -12,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from voszoo.errors import describe_user_error, report_user_error, take_verbose_flag
 
 __all__ = [
+    "ClaimOutputDir",
     "JobFailedError",
     "config_float",
     "config_int",
@@ -79,6 +81,24 @@ def _in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+class ClaimOutputDir(Callback):
+    """Hydra callback of ``voszoo-eval`` (conf/eval.yaml): refuse a run dir that holds an earlier evaluation's
+    results (or clear them, with ``overwrite=true``) before Hydra writes this run's ``.hydra/config.yaml`` beside
+    them. The task checks again (:func:`voszoo.evaluation.pipeline.claim_output_dir`), for multiruns and the API."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from voszoo.evaluation.pipeline import claim_output_dir
+
+        if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 claims the folder the ranks share
+            return
+        try:
+            claim_output_dir(config.hydra.run.dir, overwrite=bool(config.get("overwrite", False)))
+        except Exception as error:
+            if not report_user_error(error, prog=f"voszoo-{config.hydra.job.config_name}"):
+                raise
+            raise SystemExit(1) from None
 
 
 def config_int(

@@ -211,6 +211,7 @@ def _evaluate(cfg: DictConfig, output_dir: str | Path, *, device: str, group: Ev
         compile_modules=bool(cfg.get("compile", False)),
         channels_last=bool(cfg.get("channels_last", True)),
         group=group,
+        overwrite=bool(cfg.get("overwrite", False)),
     )
     if group is not None and not group.is_main:
         return {}

@@ -72,6 +72,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             max_videos=config_int(cfg, "eval.max_videos", minimum=1, optional=True, hint=_ALL_VIDEOS),
             short_side=cfg.eval.short_side,
             flip=cfg.eval.flip,
+            overwrite=True,  # this run's own folders; each periodic evaluation replaces the last one
         )
 
     if cfg.trainer.get("eval_every") and eval_collection is not None:

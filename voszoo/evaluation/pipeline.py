@@ -4,14 +4,52 @@ final evaluation, the periodic evaluation hook and the leaderboard."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from voszoo.data.video import VideoCollection
+from voszoo.errors import UserError
 from voszoo.evaluation.sharding import EvalGroup, ShardedEvaluationError, balanced_shards, gather_from_ranks
 from voszoo.inference.predict import PredictionStats, VideoPredictor, predict_collection
 
-__all__ = ["evaluate_predictor", "write_metrics"]
+__all__ = ["OutputFolderError", "RESULT_FILES", "claim_output_dir", "evaluate_predictor", "write_metrics"]
+
+RESULT_FILES: tuple[str, ...] = (
+    "predictions",
+    "metrics.json",
+    "results.json",
+    "global_results-*.csv",
+    "per-sequence_results-*.csv",
+    "submission.zip",
+)
+"""What an evaluation writes into its folder (names and glob patterns): an earlier run's copies are refused or
+cleared (:func:`claim_output_dir`), never mixed with new ones."""
+
+
+class OutputFolderError(UserError, FileExistsError):
+    """The output folder holds the results of an earlier evaluation and overwriting was not asked for."""
+
+
+def claim_output_dir(out_dir: str | Path, *, overwrite: bool) -> None:
+    """Make ``out_dir`` ready for a new evaluation: if it holds any of :data:`RESULT_FILES` (an earlier run's
+    predictions, scores or submission), raise :class:`OutputFolderError` naming them, or with ``overwrite`` delete
+    them. Other files (Hydra's ``.hydra/`` and log) are left alone."""
+    out_dir = Path(out_dir)
+    found = sorted({path for pattern in RESULT_FILES for path in out_dir.glob(pattern)})
+    if not found:
+        return
+    if not overwrite:
+        shown = ", ".join(path.name + ("/" if path.is_dir() else "") for path in found)
+        raise OutputFolderError(
+            f"{out_dir} already holds the results of an earlier evaluation ({shown}); new ones would mix with them",
+            hint="pass overwrite=true to clear them first, or choose another folder (hydra.run.dir=...)",
+        )
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def evaluate_predictor(
@@ -24,8 +62,12 @@ def evaluate_predictor(
     workers: int = 2,
     progress: bool = True,
     group: EvalGroup | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write ``out_dir/predictions/<seq>/<frame>.png`` and score them.
+
+    ``out_dir`` must not hold an earlier evaluation's results (:func:`claim_output_dir`: stale PNGs and scores
+    would sit beside the new ones); ``overwrite`` clears them first.
 
     DAVIS-layout collections (DAVIS, ToyVOS) are scored with the DAVIS protocol: the official CSVs and
     ``results.json`` go to ``out_dir``, and the returned dict holds ``J&F``, ``J``, ``F`` (means over objects),
@@ -48,7 +90,10 @@ def evaluate_predictor(
         names = names[:max_videos]
     predictions = out_dir / "predictions"
     if group is not None and group.world_size > 1:
-        return _evaluate_sharded(predictor, collection, out_dir, names, group, workers=workers, progress=progress)
+        return _evaluate_sharded(
+            predictor, collection, out_dir, names, group, workers=workers, progress=progress, overwrite=overwrite
+        )
+    claim_output_dir(out_dir, overwrite=overwrite)
     stats = predict_collection(predictor, collection, predictions, sequences=names, progress=progress)
     metrics: dict[str, Any] = {"predictor": predictor.name, "videos": len(names), "fps": stats.fps}
     return _score(collection, out_dir, names, metrics, workers=workers, progress=progress)
@@ -104,6 +149,7 @@ def _evaluate_sharded(
     *,
     workers: int,
     progress: bool,
+    overwrite: bool,
 ) -> dict[str, Any]:
     """:func:`evaluate_predictor` for one rank of ``group`` (see there and :mod:`voszoo.evaluation.sharding`)."""
     from tqdm.auto import tqdm
@@ -111,7 +157,17 @@ def _evaluate_sharded(
     videos = [collection.video(name) for name in names]
     costs = [float(video.num_frames * video.size[0] * video.size[1]) for video in videos]
     plan = [[names[i] for i in shard] for shard in balanced_shards(costs, world_size=group.world_size)]
-    plans = gather_from_ranks(group, plan, what="to agree on the videos")
+    refusal = None
+    if group.is_main:  # one rank claims the shared folder, before any rank writes a prediction (the gather below)
+        try:
+            claim_output_dir(out_dir, overwrite=overwrite)
+        except OutputFolderError as error:
+            refusal = (str(error), error.hint)
+    gathered = gather_from_ranks(group, (plan, refusal), what="to agree on the videos")
+    if gathered[0][1] is not None:
+        message, hint = gathered[0][1]
+        raise OutputFolderError(message, hint=hint)
+    plans = [other for other, _ in gathered]
     for rank, other in enumerate(plans):
         if other != plan:
             raise ShardedEvaluationError(
