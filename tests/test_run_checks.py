@@ -116,3 +116,46 @@ def test_voszoo_eval_refuses_before_hydra_writes_into_the_folder(
     OmegaConf.update(composed, "overwrite", True)
     ClaimOutputDir().on_run_start(config=composed)
     assert not (out / "predictions").exists()
+
+
+# ------------------------------------------------------------------- item 11: an unscorable dataset, before predicting
+class _Counting(CopyFirstFrame):
+    """The baseline, counting the videos it is asked to predict."""
+
+    def __init__(self) -> None:
+        self.videos: list[str] = []
+
+    def predict(self, video):
+        self.videos.append(video.name)
+        yield from super().predict(video)
+
+
+def _refused_before_predicting(root: Path, out: Path, match: str) -> None:
+    from voszoo.data.io import VOSDataError
+
+    predictor = _Counting()
+    with pytest.raises(VOSDataError, match=match):
+        evaluate_predictor(predictor, ToyVOS(root, split="val"), out, workers=1, progress=False)
+    assert predictor.videos == [] and not (out / "predictions").exists()
+
+
+def test_a_one_frame_video_is_refused_before_predicting(tmp_path: Path) -> None:
+    root = make_toyvos(tmp_path / "toy", sequences={"a": (4, 2), "short": (1, 1)})
+    _refused_before_predicting(root, tmp_path / "out", r"sequence 'short' has 1 frame\(s\); .* at least 3")
+
+
+def test_an_annotation_of_another_size_is_refused_before_predicting(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = make_toyvos(tmp_path / "toy", sequences={"a": (4, 2), "b": (3, 1)})
+    label = root / "Annotations/480p/b/00002.png"
+    with Image.open(label) as image:
+        image.resize((16, 16), Image.NEAREST).save(label)
+    _refused_before_predicting(root, tmp_path / "out", rf"{label}: annotation is 16x16 \(HxW\), .*'b' is 24x32")
+
+
+def test_a_missing_annotation_is_an_error_naming_the_file(tmp_path: Path) -> None:
+    root = make_toyvos(tmp_path / "toy", sequences={"a": (4, 2), "b": (3, 1)})
+    gone = root / "Annotations/480p/a/00002.png"
+    gone.unlink()
+    _refused_before_predicting(root, tmp_path / "out", rf"{gone}: annotation missing \(1 of 4 frames of 'a'")

@@ -8,12 +8,20 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from voszoo.data.video import VideoCollection
+from voszoo.data.io import VOSDataError
+from voszoo.data.video import VideoCollection, VideoSource
 from voszoo.errors import UserError
 from voszoo.evaluation.sharding import EvalGroup, ShardedEvaluationError, balanced_shards, gather_from_ranks
 from voszoo.inference.predict import PredictionStats, VideoPredictor, predict_collection
 
-__all__ = ["OutputFolderError", "RESULT_FILES", "claim_output_dir", "evaluate_predictor", "write_metrics"]
+__all__ = [
+    "OutputFolderError",
+    "RESULT_FILES",
+    "check_scorable",
+    "claim_output_dir",
+    "evaluate_predictor",
+    "write_metrics",
+]
 
 RESULT_FILES: tuple[str, ...] = (
     "predictions",
@@ -67,7 +75,8 @@ def evaluate_predictor(
     """Write ``out_dir/predictions/<seq>/<frame>.png`` and score them.
 
     ``out_dir`` must not hold an earlier evaluation's results (:func:`claim_output_dir`: stale PNGs and scores
-    would sit beside the new ones); ``overwrite`` clears them first.
+    would sit beside the new ones); ``overwrite`` clears them first. A DAVIS-layout collection is checked to be
+    scorable (:func:`check_scorable`) before the first video is predicted.
 
     DAVIS-layout collections (DAVIS, ToyVOS) are scored with the DAVIS protocol: the official CSVs and
     ``results.json`` go to ``out_dir``, and the returned dict holds ``J&F``, ``J``, ``F`` (means over objects),
@@ -89,6 +98,8 @@ def evaluate_predictor(
             raise ValueError(f"evaluate_predictor: max_videos must be an integer >= 1 or None (all): {max_videos!r}")
         names = names[:max_videos]
     predictions = out_dir / "predictions"
+    if _scored_with_davis_protocol(collection):  # every rank checks the same files: all raise, none waits
+        check_scorable(collection, names)
     if group is not None and group.world_size > 1:
         return _evaluate_sharded(
             predictor, collection, out_dir, names, group, workers=workers, progress=progress, overwrite=overwrite
@@ -97,6 +108,55 @@ def evaluate_predictor(
     stats = predict_collection(predictor, collection, predictions, sequences=names, progress=progress)
     metrics: dict[str, Any] = {"predictor": predictor.name, "videos": len(names), "fps": stats.fps}
     return _score(collection, out_dir, names, metrics, workers=workers, progress=progress)
+
+
+def _scored_with_davis_protocol(collection: VideoCollection) -> bool:
+    from voszoo.data.youtube_vos import YouTubeVOS
+
+    return not isinstance(collection, YouTubeVOS)
+
+
+def check_scorable(collection: VideoCollection, names: list[str]) -> None:
+    """Raise VOSDataError listing the first problems (and their count) that would stop or skew DAVIS scoring of
+    ``names``, found from the folder listings and image headers only, before anything is predicted: a video with
+    fewer than 3 frames (first and last are not scored), a frame without its annotation file (it would be left out
+    of the scores), an annotation or frame whose size differs from the video's first frame."""
+    problems: list[str] = []
+    for name in names:
+        problems += _video_problems(collection.video(name))
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise VOSDataError(
+            f"{len(problems)} problem(s) in the dataset would break scoring: {shown}",
+            hint="fix or remove these videos, or choose others (sequences=[...])",
+        )
+
+
+def _video_problems(video: VideoSource) -> list[str]:
+    """What :func:`check_scorable` finds wrong in one video (first problem per kind)."""
+    from voszoo.data.folders import format_size, image_size
+
+    name, count = video.name, video.num_frames
+    if count < 3:
+        return [f"sequence {name!r} has {count} frame(s); the DAVIS protocol needs at least 3"]
+    annotated = set(video.annotated_indices)
+    label_path, frame_path = getattr(video, "label_path", None), getattr(video, "frame_path", None)
+    missing = [index for index in range(count) if index not in annotated]
+    if missing:
+        folder = getattr(video, "label_dir", None)
+        stem = video.frame_names[missing[0]]
+        where = f"{folder / (stem + '.png')}" if folder is not None else f"frame {stem!r} of {name!r}"
+        return [f"{where}: annotation missing ({len(missing)} of {count} frames of {name!r} have none)"]
+    if label_path is None or frame_path is None:
+        return []  # not a folder video: nothing more to read from headers
+    size = video.size
+    for index in range(count):
+        for path, what in ((frame_path(index), "frame"), (label_path(index), "annotation")):
+            found = image_size(path)
+            if found != size:
+                first = format_size(size)
+                return [f"{path}: {what} is {format_size(found)} (HxW), the first frame of {name!r} is {first}"]
+    return []
 
 
 def _score(
