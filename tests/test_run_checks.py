@@ -159,3 +159,38 @@ def test_a_missing_annotation_is_an_error_naming_the_file(tmp_path: Path) -> Non
     gone = root / "Annotations/480p/a/00002.png"
     gone.unlink()
     _refused_before_predicting(root, tmp_path / "out", rf"{gone}: annotation missing \(1 of 4 frames of 'a'")
+
+
+# ----------------------------------------------------------------------- item 9: errors that name the file at fault
+def test_a_frame_smaller_than_the_stride_names_its_file_before_predicting(tmp_path: Path) -> None:
+    from tiny_models import AffinityModel
+
+    from voszoo.data.io import VOSDataError
+    from voszoo.inference.memory import FirstAndPrevious
+    from voszoo.inference.predict import SessionPredictor
+
+    class Coarse(AffinityModel):
+        stride = 8  # the check happens before any forward: the model's layers do not matter
+
+    root = make_toyvos(tmp_path / "toy", sequences={"a": (3, 1), "b": (3, 1)}, size=(6, 32))
+    predictor = SessionPredictor(Coarse(), name="tiny", policy_factory=FirstAndPrevious)
+    frame = root / "JPEGImages/480p/a/00000.jpg"
+    with pytest.raises(VOSDataError, match=rf"^{frame}: a frame of 6x32 .* too small for a model of stride 8") as e:
+        evaluate_predictor(predictor, ToyVOS(root, split="val"), tmp_path / "out", workers=1, progress=False)
+    assert e.value.hint.startswith("resize the frames with short_side=16") and not (tmp_path / "out").exists()
+
+
+def test_a_full_disk_names_the_file_being_written(toy: ToyVOS, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import voszoo.data.io
+    from voszoo.errors import describe_user_error
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")  # as a write() to a descriptor raises it: no file
+
+    monkeypatch.setattr(voszoo.data.io, "atomic_write_bytes", full)
+    with pytest.raises(OSError) as raised:
+        score(toy, tmp_path / "out")
+    message, hint = describe_user_error(raised.value)
+    assert message == f"no space left on device: {tmp_path / 'out' / 'predictions' / 'a' / '00000.png'}"

@@ -14,13 +14,15 @@ import argparse
 import errno
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 __all__ = [
     "UserError",
     "add_verbose_flag",
     "describe_user_error",
     "full_errors_requested",
+    "naming_file",
     "report_user_error",
     "request_full_errors",
     "run_command",
@@ -53,6 +55,18 @@ class UserError(Exception):
     def __init__(self, message: str = "", *, hint: str | None = None) -> None:
         super().__init__(message)
         self.hint = hint
+
+
+@contextmanager
+def naming_file(path: str | os.PathLike) -> Iterator[None]:
+    """Give an OSError raised inside (a write to a file descriptor, e.g. a full disk) the ``path`` it was writing,
+    if it names none, so that the user reads which file (and so which disk) it was."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = os.fspath(path)
+        raise
 
 
 def full_errors_requested() -> bool:

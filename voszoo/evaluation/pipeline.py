@@ -10,7 +10,7 @@ from typing import Any
 
 from voszoo.data.io import VOSDataError
 from voszoo.data.video import VideoCollection, VideoSource
-from voszoo.errors import UserError
+from voszoo.errors import UserError, naming_file
 from voszoo.evaluation.sharding import EvalGroup, ShardedEvaluationError, balanced_shards, gather_from_ranks
 from voszoo.inference.predict import PredictionStats, VideoPredictor, predict_collection
 
@@ -100,6 +100,10 @@ def evaluate_predictor(
     predictions = out_dir / "predictions"
     if _scored_with_davis_protocol(collection):  # every rank checks the same files: all raise, none waits
         check_scorable(collection, names)
+    check_video = getattr(predictor, "check_video", None)  # e.g. frames too small for the model's stride
+    if check_video is not None:
+        for name in names:
+            check_video(collection.video(name))
     if group is not None and group.world_size > 1:
         return _evaluate_sharded(
             predictor, collection, out_dir, names, group, workers=workers, progress=progress, overwrite=overwrite
@@ -193,8 +197,10 @@ def _score(
         davis2016=getattr(collection, "year", None) == "2016",
         progress=progress,
     )
-    result.write_csvs(out_dir)
-    (out_dir / "results.json").write_text(result.to_json())
+    with naming_file(out_dir / "global_results-val.csv"):
+        result.write_csvs(out_dir)
+    with naming_file(out_dir / "results.json"):
+        (out_dir / "results.json").write_text(result.to_json())
     table = result.global_table()
     metrics.update({"J&F": table["J&F-Mean"], "J": table["J-Mean"], "F": table["F-Mean"], "table": table})
     return metrics
@@ -284,5 +290,6 @@ def write_metrics(out_dir: str | Path, metrics: dict[str, Any]) -> Path:
     from voszoo.data.io import atomic_write_bytes
 
     path = Path(out_dir) / "metrics.json"
-    atomic_write_bytes(path, (json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n").encode())
+    with naming_file(path):
+        atomic_write_bytes(path, (json.dumps(metrics, indent=2, sort_keys=True, default=str) + "\n").encode())
     return path
