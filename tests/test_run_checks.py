@@ -194,3 +194,30 @@ def test_a_full_disk_names_the_file_being_written(toy: ToyVOS, tmp_path: Path, m
         score(toy, tmp_path / "out")
     message, hint = describe_user_error(raised.value)
     assert message == f"no space left on device: {tmp_path / 'out' / 'predictions' / 'a' / '00000.png'}"
+
+
+def test_another_methods_checkpoint_names_its_preset(tmp_path: Path) -> None:
+    import torch
+    from omegaconf import OmegaConf
+    from tiny_models import AffinityModel
+
+    from voszoo.engine.checkpoint import CHECKPOINT_KEYS, FORMAT_VERSION, CheckpointError
+    from voszoo.evaluate import load_weights
+
+    saved = dict.fromkeys(CHECKPOINT_KEYS)
+    saved.update(format_version=FORMAT_VERSION, model_name="stm_r18", model_class="voszoo.models.stm.STM")
+    saved.update(state_dict={}, step=2, config={"model": {"name": "stm_r18", "decoder": {"hidden_channels": 128}}})
+    voszoo_file, official_file = tmp_path / "last.pt", tmp_path / "STM_weights.pth"
+    torch.save(saved, voszoo_file)
+    torch.save({"KV_M_r4.Key.weight": torch.zeros(1)}, official_file)
+
+    def load(path: Path) -> None:
+        cfg = OmegaConf.create({"checkpoint": str(path), "use_ema": False, "model": {"name": "aot_t"}})
+        load_weights(AffinityModel(), cfg)
+
+    with pytest.raises(CheckpointError, match=r"last\.pt: this is an STM checkpoint: model=stm_r18 \(this run") as e:
+        load(voszoo_file)
+    assert e.value.hint == "rerun with model=stm_r18" and "rerun with:" not in str(e.value)  # no list of overrides
+    with pytest.raises(CheckpointError, match=r"STM_weights\.pth: this is an official STM checkpoint: model=stm") as e:
+        load(official_file)
+    assert e.value.hint == "rerun with model=stm"
