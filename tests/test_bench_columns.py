@@ -126,10 +126,10 @@ def test_profile_rejects_bad_arguments() -> None:
 
 
 def test_profiling_cli_reports_bad_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["no_such_model"]) == 2
+    assert main(["no_such_model"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("voszoo.profiling: unknown model 'no_such_model'") and "stm_r18" in err
-    assert main(["--config", str(tmp_path / "missing.yaml")]) == 2
+    assert err.startswith("voszoo-profile: error: unknown model 'no_such_model'") and "stm_r18" in err
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == 1
     assert "missing.yaml" in capsys.readouterr().err
 
 

@@ -247,10 +247,11 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(args + ["--no-progress"]) == 0  # idempotent
     capsys.readouterr()
 
-    assert main(["--out", str(tmp_path / "bad"), "--frames", "2"]) == 2
-    error = capsys.readouterr().err
-    assert "frames" in error and len(error.strip().splitlines()) == 1
-    assert main(["--out", str(out), "--videos", "3", "--frames", "3", "--size", "32", "40"]) == 2
+    assert main(["--out", str(tmp_path / "bad"), "--frames", "2"]) == 1
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 2 and error[0].startswith("voszoo-toyvos: error: ") and "frames" in error[0]
+    assert error[1].startswith("hint: ")
+    assert main(["--out", str(out), "--videos", "3", "--frames", "3", "--size", "32", "40"]) == 1
     assert "--force" in capsys.readouterr().err
     assert main(["--out", str(tmp_path / "x"), "--videos", "many"]) != 0
     assert main([]) != 0  # --out is required

@@ -94,7 +94,7 @@ def _run_baseline(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str
     if entry.baseline not in BASELINES:
         raise ValueError(f"entry {entry.name!r}: unknown baseline {entry.baseline!r}; valid: {', '.join(BASELINES)}")
     collection = build(cfg.data.eval, key="data.eval")
-    return evaluate_predictor(CopyFirstFrame(), collection, out_dir, workers=int(cfg.workers))
+    return evaluate_predictor(CopyFirstFrame(), collection, out_dir, workers=int(cfg.workers), overwrite=True)
 
 
 def _prepare_pretrained(entries: Any) -> None:
@@ -153,7 +153,8 @@ def _run_evaluation(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[s
     if not any(o.split("=", 1)[0].lstrip("+") == "checkpoint" for o in given):
         # random weights would give a meaningless score that looks like a result
         raise ValueError(f"entry {entry.name!r}: 'evaluate' needs a checkpoint=<path> override (got {given})")
-    overrides = [*_data_overrides(cfg), f"workers={int(cfg.workers)}", *given]
+    # The entry's folder belongs to this benchmark run: an earlier run's results there are replaced.
+    overrides = [*_data_overrides(cfg), f"workers={int(cfg.workers)}", "overwrite=true", *given]
     return _run_child("voszoo.evaluate", overrides, out_dir, log_name="eval.log", what="voszoo-eval")
 
 

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from voszoo.cli_common import evaluate_model, hydra_entry, prepare_data, resolve_device
+from voszoo.cli_common import config_int, evaluate_model, hydra_entry, prepare_data, resolve_device
 
 if TYPE_CHECKING:
     from voszoo.evaluation.sharding import EvalGroup
 
-__all__ = ["main", "evaluate", "config_differences", "model_config_hint"]
+__all__ = ["main", "evaluate", "check_eval_config", "config_differences", "model_config_hint"]
 
 logger = logging.getLogger("voszoo.evaluate")
 
@@ -46,6 +46,7 @@ def load_weights(model: Any, cfg: DictConfig) -> str:
     official = _official_state(path)
     if official is not None:  # the contents already read: no second read of the file
         kind, state = official
+        _check_official_kind(kind, path=path, model=model)
         if kind == "stm":
             from voszoo.models.convert import load_official_stm
 
@@ -58,11 +59,57 @@ def load_weights(model: Any, cfg: DictConfig) -> str:
     try:
         load_model_weights(model, path, model_name=str(cfg.model.name), use_ema=bool(cfg.use_ema))
     except CheckpointError as error:
+        other = _other_method_hint(path, model)  # another method's checkpoint: name the preset, not 11 overrides
+        if other is not None:
+            raise CheckpointError(f"{path}: {other[0]}", hint=other[1]) from error
         hint = model_config_hint(path, cfg.model)
         if hint is None:
             raise
         raise CheckpointError(f"{error}. {hint}") from error
     return str(path)
+
+
+# Official checkpoint kind -> (the voszoo class its weights fit, the presets to name).
+_OFFICIAL_KINDS = {
+    "stm": ("voszoo.models.stm.STM", "model=stm"),
+    "aot": ("voszoo.models.aot.AOT", "model=aot_t, aot_s, aot_b, aot_l or r50_aot_l, as its file name says"),
+}
+
+
+def _check_official_kind(kind: str, *, path: Path, model: Any) -> None:
+    """Raise CheckpointError if an official ``kind`` checkpoint cannot fit ``model``'s class at all (converting
+    it would list every key of both models: hundreds of lines)."""
+    from voszoo.engine.checkpoint import CheckpointError, model_class_path
+
+    fits, presets = _OFFICIAL_KINDS[kind]
+    if model_class_path(model) != fits:
+        builds = _a(type(model).__name__)
+        raise CheckpointError(
+            f"{path}: this is an official {kind.upper()} checkpoint: {presets} (this run builds {builds})",
+            hint=f"rerun with {presets}",
+        )
+
+
+def _other_method_hint(path: Path, model: Any) -> tuple[str, str] | None:
+    """``(message, hint)`` if the voszoo checkpoint at ``path`` was saved from another model class than ``model``
+    (e.g. an STM checkpoint given to an AOT run), naming its preset; None otherwise or if it cannot be read."""
+    from voszoo.engine.checkpoint import CheckpointError, model_class_path, read_checkpoint
+
+    try:
+        checkpoint = read_checkpoint(path)
+    except CheckpointError:
+        return None
+    saved_class, saved_name = checkpoint.get("model_class"), checkpoint.get("model_name")
+    if not saved_class or not saved_name or saved_class == model_class_path(model):
+        return None
+    family = str(saved_class).rsplit(".", 1)[-1]
+    message = f"this is {_a(family)} checkpoint: model={saved_name} (this run builds {_a(type(model).__name__)})"
+    return message, f"rerun with model={saved_name}"
+
+
+def _a(name: str) -> str:
+    """``name`` with its article, read as the acronyms of the methods are ("an STM", "an AOT", "a BATMAN")."""
+    return f"{'an' if name[:1] in 'AEFHILMNORSX' else 'a'} {name}"
 
 
 def model_config_hint(path: str | Path, model_cfg: DictConfig) -> str | None:
@@ -139,6 +186,7 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     from voszoo.engine.distributed import destroy_distributed
     from voszoo.evaluation.sharding import DEFAULT_TIMEOUT, join_eval_group
 
+    check_eval_config(cfg)
     device = resolve_device(cfg.device)
     group = join_eval_group(
         device_type="cuda" if device.startswith("cuda") else "cpu",
@@ -152,6 +200,15 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         return _evaluate(cfg, _shared_output_dir(group, output_dir), device=device, group=group)
     finally:
         destroy_distributed()
+
+
+def check_eval_config(cfg: DictConfig) -> None:
+    """Check the values of a ``voszoo-eval`` config that are plain numbers, naming the key at fault
+    (:class:`~voszoo.instantiate.ConfigError`), before anything is loaded or built."""
+    config_int(cfg, "max_videos", minimum=1, optional=True, hint="max_videos=null scores every video")
+    config_int(cfg, "max_frames", minimum=1, optional=True)
+    config_int(cfg, "short_side", minimum=1, optional=True)
+    config_int(cfg, "workers", minimum=1)
 
 
 def _shared_output_dir(group: EvalGroup, output_dir: str | Path) -> str:
@@ -193,14 +250,15 @@ def _evaluate(cfg: DictConfig, output_dir: str | Path, *, device: str, group: Ev
         device=device,
         max_frames=cfg.max_frames,
         sequences=list(cfg.sequences) if cfg.sequences is not None else None,
-        max_videos=cfg.max_videos,
-        workers=int(cfg.workers),
+        max_videos=config_int(cfg, "max_videos", minimum=1, optional=True),
+        workers=config_int(cfg, "workers", minimum=1),
         short_side=cfg.short_side,
         flip=bool(cfg.flip),
         amp=cfg.amp,
         compile_modules=bool(cfg.get("compile", False)),
         channels_last=bool(cfg.get("channels_last", True)),
         group=group,
+        overwrite=bool(cfg.get("overwrite", False)),
     )
     if group is not None and not group.is_main:
         return {}

@@ -46,6 +46,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from voszoo.errors import add_verbose_flag
+
 __all__ = [
     "PeakMemory",
     "count_macs",
@@ -333,20 +335,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compile", action="store_true", help="torch.compile the hot modules (eager fallback)")
     parser.add_argument("--no-channels-last", action="store_true", help="keep every tensor NCHW")
     parser.add_argument("--json", help="also write the result to this JSON file")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
     if (args.model is None) == (args.config is None):
         parser.error("give either a model preset name or --config, not both")
     from voszoo.cli_common import resolve_device
-    from voszoo.data.io import VOSDataError
-    from voszoo.instantiate import ConfigError
+    from voszoo.errors import request_full_errors, run_command
     from voszoo.models.registry import build_memory_policy, build_model, without_weights
 
-    try:
+    if args.verbose:
+        request_full_errors()
+
+    def measure() -> int:
         node = without_weights(_load_model_config(args))  # costs do not depend on the weights: load none
-        model = build_model(node)
         policy = (lambda: build_memory_policy(node)) if args.memory_policy else None
         result = profile_model(
-            model,
+            build_model(node),
             size=tuple(args.size),
             frames=args.frames,
             num_objects=args.objects,
@@ -356,10 +360,16 @@ def main(argv: list[str] | None = None) -> int:
             compile_modules=args.compile,
             channels_last=not args.no_channels_last,
         )
-    except (ValueError, VOSDataError, ConfigError) as error:
-        print(f"voszoo.profiling: {error}", file=sys.stderr)
-        return 2
-    result["model"] = str(node.get("name", "<unnamed>"))
+        _write(result, model=str(node.get("name", "<unnamed>")), args=args)
+        return 0
+
+    # Every input of this command comes from the user: a ValueError here is a bad argument, not a bug.
+    return run_command(measure, prog="voszoo-profile", also=(ValueError,))
+
+
+def _write(result: dict, *, model: str, args: argparse.Namespace) -> None:
+    """Print the measurements as JSON (and write them to ``--json``)."""
+    result["model"] = model
     result["size"] = list(args.size)
     text = json.dumps(result, indent=2)
     if args.json:
@@ -367,7 +377,6 @@ def main(argv: list[str] | None = None) -> int:
 
         atomic_write_bytes(Path(args.json), (text + "\n").encode())
     print(text)
-    return 0
 
 
 if __name__ == "__main__":

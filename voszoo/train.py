@@ -15,13 +15,24 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from voszoo.cli_common import evaluate_model, hydra_entry, prepare_data, resolve_device
+from voszoo.cli_common import config_float, config_int, evaluate_model, hydra_entry, prepare_data, resolve_device
 
-__all__ = ["build_run", "main", "train"]
+__all__ = ["build_run", "check_train_config", "main", "train"]
 
 logger = logging.getLogger("voszoo.train")
 
 _NOT_TRAINER_ARGS = ("eval_every",)
+# trainer.<key> counts and their minimum: checked with the key's name before anything is built (the Trainer checks
+# them too, but only after the model, data and schedule are built, and without the config key).
+_TRAINER_COUNTS = (
+    ("max_steps", 1),
+    ("batch_size", 1),
+    ("num_workers", 0),
+    ("accumulate", 1),
+    ("checkpoint_every", 0),
+    ("keep_checkpoints", 1),
+    ("log_every", 1),
+)
 
 
 def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
@@ -38,6 +49,7 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     from voszoo.types import collate_clips
 
     output_dir = Path(output_dir)
+    check_train_config(cfg)
     prepare_data(cfg.data)
     prepare_pretrained(cfg.model)  # weights: toyvos is pre-trained once per machine, on first use
     run = build_run(cfg)
@@ -57,9 +69,10 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
             eval_collection,
             output_dir / f"eval_{tag}",
             device=trainer_args["device"],
-            max_videos=cfg.eval.max_videos,
+            max_videos=config_int(cfg, "eval.max_videos", minimum=1, optional=True, hint=_ALL_VIDEOS),
             short_side=cfg.eval.short_side,
             flip=cfg.eval.flip,
+            overwrite=True,  # this run's own folders; each periodic evaluation replaces the last one
         )
 
     if cfg.trainer.get("eval_every") and eval_collection is not None:
@@ -109,6 +122,7 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     from voszoo.instantiate import build
     from voszoo.models.registry import build_model
 
+    check_train_config(cfg)
     seed_everything(int(cfg.seed))
     model = build_model(cfg.model)
     dataset = build(cfg.data.train, key="data.train")
@@ -131,6 +145,22 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     }
     trainer_args["device"] = resolve_device(trainer_args.get("device", "auto"))
     return {"model": model, "dataset": dataset, "optimizer": optimizer, "schedule": schedule, "args": trainer_args}
+
+
+_ALL_VIDEOS = "eval.max_videos=null scores every video"
+
+
+def check_train_config(cfg: DictConfig) -> None:
+    """Check the values of a ``voszoo-train`` config that are plain numbers, naming the key at fault
+    (:class:`~voszoo.instantiate.ConfigError`), before anything is built from them."""
+    config_int(cfg, "seed", minimum=0)
+    for name, minimum in _TRAINER_COUNTS:
+        config_int(cfg, f"trainer.{name}", minimum=minimum)
+    config_int(cfg, "eval.max_videos", minimum=1, optional=True, hint=_ALL_VIDEOS)
+    config_float(cfg, "optim.lr", minimum=0.0, inclusive=False, hint="e.g. optim.lr=1e-4")
+    config_float(cfg, "optim.weight_decay", minimum=0.0)
+    if cfg.schedule.get("warmup_steps") is not None:
+        config_int(cfg, "schedule.warmup_steps", minimum=0)
 
 
 def _scores(result: dict[str, Any]) -> dict[str, float]:

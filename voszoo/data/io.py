@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from voszoo.errors import UserError
+
 __all__ = [
     "VOSDataError",
     "DAVIS_PALETTE",
@@ -25,7 +27,7 @@ __all__ = [
 ]
 
 
-class VOSDataError(ValueError):
+class VOSDataError(UserError, ValueError):
     """A dataset file, folder or value is missing or malformed; the message names it and says what is wrong."""
 
 

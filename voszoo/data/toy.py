@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from voszoo.data.toy_render import (
     make_texture,
     render_video,
 )
+from voszoo.errors import add_verbose_flag, request_full_errors, run_command
 
 __all__ = ["FORMAT_VERSION", "JPEG_QUALITY", "generate_toyvos", "sample_video", "render_toyvos_video", "main"]
 
@@ -469,7 +469,8 @@ def generate_toyvos(
 
 # ---------------------------------------------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
-    """``voszoo-toyvos``: write a ToyVOS dataset. Returns 0 on success, 2 on bad arguments or folder problems."""
+    """``voszoo-toyvos``: write a ToyVOS dataset. Returns 0 on success, 1 on bad values or folder problems (2 on
+    arguments argparse rejects)."""
     parser = argparse.ArgumentParser(
         prog="voszoo-toyvos",
         description="Generate ToyVOS, a procedural VOS dataset in the DAVIS 2017 layout (JPEGImages, Annotations, "
@@ -484,11 +485,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2, help="parallel processes; output is identical (default 2)")
     parser.add_argument("--force", action="store_true", help="regenerate even if the folder holds a ToyVOS dataset")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_verbose_flag(parser)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse already printed usage and the error (or --help)
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
-    try:
+    if args.verbose:
+        request_full_errors()
+
+    def generate() -> int:
         root = generate_toyvos(
             args.out,
             videos=args.videos,
@@ -499,11 +504,11 @@ def main(argv: list[str] | None = None) -> int:
             force=args.force,
             progress=not args.no_progress,
         )
-    except (VOSDataError, ValueError) as error:
-        print(f"voszoo-toyvos: error: {error}", file=sys.stderr)
-        return 2
-    print(f"ToyVOS ready at {root}")
-    return 0
+        print(f"ToyVOS ready at {root}")
+        return 0
+
+    # Every input of this command comes from the user: a ValueError here is a bad argument, not a bug.
+    return run_command(generate, prog="voszoo-toyvos", also=(ValueError,))
 
 
 if __name__ == "__main__":

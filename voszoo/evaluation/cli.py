@@ -10,7 +10,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from voszoo.data.io import VOSDataError, atomic_write_bytes
+from voszoo.data.io import atomic_write_bytes
+from voszoo.errors import add_verbose_flag, request_full_errors, run_command
 from voszoo.evaluation.davis import evaluate_folders
 
 __all__ = ["main"]
@@ -64,28 +65,32 @@ def _parser() -> argparse.ArgumentParser:
         "(without it, ground-truth 255 is void and counts as background)",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no table, only the file paths")
+    add_verbose_flag(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``voszoo-score``; returns the process exit code (0 ok, 1 bad input)."""
     args = _parser().parse_args(argv)
+    if args.verbose:
+        request_full_errors()
+    # Every input of this command comes from the user: a ValueError here is a bad argument, not a bug.
+    return run_command(lambda: _score(args), prog="voszoo-score", also=(ValueError,))
+
+
+def _score(args: argparse.Namespace) -> int:
     out_dir = args.pred if args.out is None else args.out
-    try:
-        result = evaluate_folders(
-            args.gt,
-            args.pred,
-            sequences=args.sequences,
-            workers=args.workers,
-            davis2016=args.davis2016,
-            progress=not args.quiet,
-        )
-        global_path, sequence_path = result.write_csvs(out_dir)
-        json_path = out_dir / "results.json"
-        atomic_write_bytes(json_path, result.to_json().encode())
-    except (VOSDataError, ValueError, OSError) as error:
-        print(f"voszoo-score: error: {error}", file=sys.stderr)
-        return 1
+    result = evaluate_folders(
+        args.gt,
+        args.pred,
+        sequences=args.sequences,
+        workers=args.workers,
+        davis2016=args.davis2016,
+        progress=not args.quiet,
+    )
+    global_path, sequence_path = result.write_csvs(out_dir)
+    json_path = out_dir / "results.json"
+    atomic_write_bytes(json_path, result.to_json().encode())
     if not args.quiet:
         print(result.format_table())
         print()

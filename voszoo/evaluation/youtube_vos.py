@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from voszoo.data.io import VOSDataError, read_labels, write_labels
 from voszoo.data.youtube_vos import read_meta
+from voszoo.errors import add_verbose_flag, request_full_errors, run_command
 
 __all__ = ["required_frames", "pack_submission", "main"]
 
@@ -141,14 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--meta", required=True, type=Path, help="the split's meta.json (e.g. valid/meta.json)")
     parser.add_argument("--out", required=True, type=Path, help="zip file to write (replaced atomically)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    try:
-        path = pack_submission(args.pred_dir, args.meta, args.out, progress=not args.quiet)
-    except (VOSDataError, ValueError, OSError) as error:
-        print(f"voszoo-pack-ytvos: error: {error}", file=sys.stderr)
-        return 1
-    print(f"wrote {path}")
-    return 0
+    if args.verbose:
+        request_full_errors()
+
+    def pack() -> int:
+        print(f"wrote {pack_submission(args.pred_dir, args.meta, args.out, progress=not args.quiet)}")
+        return 0
+
+    # Every input of this command comes from the user: a ValueError here is a bad argument, not a bug.
+    return run_command(pack, prog="voszoo-pack-ytvos", also=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from voszoo.data.io import write_labels
 from voszoo.data.video import VideoCollection, VideoSource
+from voszoo.errors import naming_file
 from voszoo.inference.memory import MemoryPolicy
 
 __all__ = ["VideoPredictor", "CopyFirstFrame", "SessionPredictor", "PredictionStats", "predict_collection"]
@@ -72,9 +73,25 @@ class SessionPredictor:
         self.policy_factory = policy_factory
         self.session_kwargs = session_kwargs
 
+    def check_video(self, video: VideoSource) -> None:
+        """Raise VOSDataError naming the first frame's file if ``video``'s frames are too small for the model's
+        stride (after the session's ``short_side`` resize): found from the frame size, before any forward."""
+        from voszoo.data.io import VOSDataError
+        from voszoo.inference.preprocess import FrameGeometry
+
+        stride = int(getattr(self.model, "stride", 1))
+        short_side = self.session_kwargs.get("short_side")
+        try:
+            FrameGeometry.create(video.size, stride=stride, short_side=short_side)
+        except ValueError as error:
+            where = video.frame_path(0) if hasattr(video, "frame_path") else f"video {video.name!r}"
+            hint = f"resize the frames with short_side={2 * stride} or more, or leave this video out"
+            raise VOSDataError(f"{where}: {error}", hint=hint) from error
+
     def predict(self, video: VideoSource) -> Iterator[np.ndarray]:
         from voszoo.inference.session import InferenceSession
 
+        self.check_video(video)
         session = InferenceSession(self.model, policy_factory=self.policy_factory, **self.session_kwargs)
         for index in range(video.num_frames):
             yield session.step(video.frame(index), _reference_masks(video, index)).labels
@@ -118,7 +135,9 @@ def predict_collection(
                 break
             outputs.append(labels)
         for frame_name, labels in zip(video.frame_names, outputs, strict=True):
-            write_labels(out_dir / name / f"{frame_name}.png", labels)
+            path = out_dir / name / f"{frame_name}.png"
+            with naming_file(path):
+                write_labels(path, labels)
         stats.frames[name], stats.seconds[name] = len(outputs), elapsed
         bar.set_postfix(fps=f"{len(outputs) / max(elapsed, 1e-9):.1f}")
     return stats

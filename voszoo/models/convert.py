@@ -37,6 +37,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from voszoo.errors import UserError
+
 __all__ = [
     "CheckpointMismatchError",
     "ConversionReport",
@@ -81,7 +83,7 @@ _STM_NORMALISATION = {
 }
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(UserError, ValueError):
     """An official checkpoint does not fit the voszoo model; the message lists every key at fault."""
 
 
