@@ -17,8 +17,8 @@ A checkpoint is a dict saved with ``torch.save`` holding only tensors and plain 
 
 Files in a run directory: ``checkpoint_<step:08d>.pt`` (the newest ``keep`` of them) and ``last.pt``, a hard link
 to (or, where links are unsupported, a copy of) the newest. Every file is written to a temporary file in the same
-directory, flushed, fsynced and renamed over the target, so a crash leaves either the old or the new checkpoint,
-never a partial one.
+directory, flushed, fsynced and renamed over the target (:func:`voszoo.fileio.atomic_write`, with the umask's mode),
+so a crash leaves either the old or the new checkpoint, never a partial one.
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
 
 from voszoo.data.io import VOSDataError
+from voszoo.fileio import atomic_write, fsync_directory
 
 __all__ = [
     "FORMAT_VERSION",
@@ -109,40 +109,10 @@ def plain_config(config: Any, *, key: str = "config") -> Any:
     )
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file in the same directory, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (temporary file in the same directory, fsync, rename)."""
-    path = Path(path)
-    _atomic_write(path, lambda handle: torch.save(obj, handle))
-    return path
+    """``torch.save(obj)`` to ``path`` atomically (temporary file in the same directory, fsync, rename), with the
+    umask's mode."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def _point_last(directory: Path, target: Path) -> None:
@@ -155,9 +125,9 @@ def _point_last(directory: Path, target: Path) -> None:
     except OSError:
         Path(tmp_name).unlink(missing_ok=True)
         with open(target, "rb") as source:
-            _atomic_write(last, lambda handle: shutil.copyfileobj(source, handle))
+            atomic_write(last, lambda handle: shutil.copyfileobj(source, handle))
         return
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 def write_checkpoint(checkpoint: Mapping[str, Any], directory: str | os.PathLike, *, keep: int = 1) -> Path:

@@ -1,0 +1,181 @@
+"""Files that other processes and other users can rely on: atomic writes with the umask's mode, and locks that name
+their holder.
+
+Atomic writes go to a temporary file in the target's folder, are flushed (and, if ``durable``, fsynced) and renamed
+over the target, so a reader sees the old file or the new one, never half of one. The temporary file is created
+with ``os.open(..., 0o666)``, so the kernel gives it the mode any ``open()`` would (``0o666 & ~umask``, and a
+folder's default ACL); ``tempfile.mkstemp`` would make every output ``0o600``, unreadable by a web server or a
+colleague. Temporary names are ``.<target name>.<random>.tmp``.
+
+:class:`FileLock` is an exclusive ``fcntl.flock`` on a lock file that records the holder (pid, host, start time).
+The kernel drops the lock when the holder exits, even after ``kill -9``, so a stale lock file never blocks anyone;
+the file itself is left in place (unlinking it would let a third process lock a fresh inode while a second one
+waits on the old). Where ``fcntl`` does not exist (Windows) locking is a no-op, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["atomic_write", "atomic_write_bytes", "fsync_directory", "temp_name_pattern", "FileLock", "LockHeldError"]
+
+logger = logging.getLogger(__name__)
+
+_FILE_MODE = 0o666  # the kernel applies the umask, as for open(path, "w")
+
+
+class LockHeldError(RuntimeError):
+    """Another process holds a :class:`FileLock`; the message names the path and the holder."""
+
+
+def fsync_directory(directory: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename inside it) to disk; a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def temp_name_pattern(name: str) -> str:
+    """The glob of the temporary files :func:`atomic_write` makes for a target called ``name``."""
+    return f".{name}.*.tmp"
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """A new, exclusively created temporary file beside ``path``: (fd, path)."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), _FILE_MODE), tmp
+        except FileExistsError:  # 48 random bits: practically never
+            continue
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None], *, durable: bool = True) -> Path:
+    """Write ``path`` through ``write(file)`` into a temporary file in the same folder, then rename it into place.
+
+    The file gets the umask's mode. ``durable``: fsync the file and the folder, so that the new content survives a
+    power cut (checkpoints); without it the rename is still atomic for other processes (prediction PNGs, CSVs).
+    On any error, the temporary file is removed and ``path`` is untouched. Returns ``path`` as a Path.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temp(path)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_directory(path.parent)
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = False) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda handle: handle.write(data), durable=durable)
+
+
+class FileLock:
+    """An exclusive, advisory lock on the file ``path`` (created if needed) for ``what`` (e.g. "run directory x").
+
+    ``acquire()`` fails at once with :class:`LockHeldError` naming the holder, or, with ``timeout`` seconds, polls
+    until then (``on_wait(holder)`` is called once, e.g. to say whom it waits for). Use as a context manager for
+    an immediate attempt. Not re-entrant: a second FileLock on the same path conflicts, also in one process.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, what: str) -> None:
+        self.path = Path(path)
+        self.what = what
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def holder(self) -> str:
+        """Who holds the lock, from the lock file: ``"process 123 on host h (since 2025-01-01 12:00:00)"``."""
+        try:
+            record = json.loads(self.path.read_text(encoding="utf-8"))
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(record["time"])))
+            return f"process {int(record['pid'])} on host {record['host']} (since {since})"
+        except (OSError, ValueError, KeyError, TypeError):  # being written right now, or not ours
+            return "another process"
+
+    def acquire(self, *, timeout: float = 0.0, on_wait: Callable[[str], None] | None = None) -> None:
+        if self._fd is not None:
+            raise RuntimeError(f"{self.path}: lock already held by this FileLock")
+        if fcntl is None:
+            logger.warning("%s: no fcntl on this platform; %s is not locked", self.path, self.what)
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        deadline = time.monotonic() + timeout
+        waited = False
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise LockHeldError(f"{self.what} is in use by {self.holder()} (lock file {self.path})") from None
+                if not waited and on_wait is not None:
+                    on_wait(self.holder())
+                waited = True
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+            except BaseException:
+                os.close(fd)
+                raise
+        self._fd = fd
+        self._record_holder(fd)
+
+    @staticmethod
+    def _record_holder(fd: int) -> None:
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (record + "\n").encode(), 0)
+
+    def release(self) -> None:
+        """Give the lock up (the lock file stays, emptied); a no-op if not held."""
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.ftruncate(fd, 0)
+            fcntl.flock(fd, fcntl.LOCK_UN)  # explicitly: forked children (DataLoader workers) share the descriptor
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> FileLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
