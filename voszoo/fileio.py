@@ -8,9 +8,10 @@ folder's default ACL); ``tempfile.mkstemp`` would make every output ``0o600``, u
 colleague. Temporary names are ``.<target name>.<random>.tmp``.
 
 :class:`FileLock` is an exclusive ``fcntl.flock`` on a lock file that records the holder (pid, host, start time).
-The kernel drops the lock when the holder exits, even after ``kill -9``, so a stale lock file never blocks anyone;
-the file itself is left in place (unlinking it would let a third process lock a fresh inode while a second one
-waits on the old). Where ``fcntl`` does not exist (Windows) locking is a no-op, with a warning.
+The kernel drops the lock when the holder exits, even after ``kill -9``, so a stale lock file never blocks anyone.
+The holder removes the file on release; a process that then gets the lock on the removed file sees that the path
+names another file (or none) and starts over, so two processes never both hold it. Where ``fcntl`` does not exist
+(Windows) locking is a no-op, with a warning.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class FileLock:
     ``acquire()`` fails at once with :class:`LockHeldError` naming the holder, or, with ``timeout`` seconds, polls
     until then (``on_wait(holder)`` is called once, e.g. to say whom it waits for). Use as a context manager for
     an immediate attempt. Not re-entrant: a second FileLock on the same path conflicts, also in one process.
+    The lock file exists while the lock is held and records the holder.
     """
 
     def __init__(self, path: str | os.PathLike, *, what: str) -> None:
@@ -133,40 +135,54 @@ class FileLock:
             logger.warning("%s: no fcntl on this platform; %s is not locked", self.path, self.what)
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
         deadline = time.monotonic() + timeout
         waited = False
         while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = self._try_lock()
+            if fd is not None:
                 break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise LockHeldError(f"{self.what} is in use by {self.holder()} (lock file {self.path})") from None
-                if not waited and on_wait is not None:
-                    on_wait(self.holder())
-                waited = True
-                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
-            except BaseException:
-                os.close(fd)
-                raise
+            if time.monotonic() >= deadline:
+                raise LockHeldError(f"{self.what} is in use by {self.holder()} (lock file {self.path})")
+            if not waited and on_wait is not None:
+                on_wait(self.holder())
+            waited = True
+            time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         self._fd = fd
-        self._record_holder(fd)
-
-    @staticmethod
-    def _record_holder(fd: int) -> None:
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "time": time.time()})
         os.ftruncate(fd, 0)
         os.pwrite(fd, (record + "\n").encode(), 0)
 
+    def _try_lock(self) -> int | None:
+        """A locked descriptor of the lock file, or None if another process holds it."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, _FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        if not self._is_current(fd):  # the holder removed this file while we waited on it: lock the new one
+            os.close(fd)
+            return self._try_lock()
+        return fd
+
+    def _is_current(self, fd: int) -> bool:
+        try:
+            here, there = os.fstat(fd), os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
     def release(self) -> None:
-        """Give the lock up (the lock file stays, emptied); a no-op if not held."""
+        """Give the lock up and remove the lock file; a no-op if not held."""
         fd, self._fd = self._fd, None
         if fd is None:
             return
         try:
-            os.ftruncate(fd, 0)
+            if self._is_current(fd):
+                self.path.unlink()  # while still locked, so waiters on this file notice and start over
             fcntl.flock(fd, fcntl.LOCK_UN)  # explicitly: forked children (DataLoader workers) share the descriptor
         except OSError:
             pass
