@@ -16,13 +16,16 @@ A checkpoint is a dict saved with ``torch.save`` holding only tensors and plain 
 ======================  ==================================================================================
 
 Files in a run directory: ``checkpoint_<step:08d>.pt`` (the newest ``keep`` of them) and ``last.pt``, a hard link
-to (or, where links are unsupported, a copy of) the newest. Every file is written to a temporary file in the same
-directory, flushed, fsynced and renamed over the target (:func:`voszoo.fileio.atomic_write`, with the umask's mode),
-so a crash leaves either the old or the new checkpoint, never a partial one.
+to (or, where links are unsupported, a copy of) the newest; a resume loads the newest complete one of them
+(:func:`latest_checkpoint`). Every file is written to a temporary file in the same directory, flushed, fsynced and
+renamed over the target (:func:`voszoo.fileio.atomic_write`, with the umask's mode), so a crash leaves either the
+old or the new checkpoint, never a partial one; the temporary files a killed writer leaves behind are removed by
+the next run in that directory (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
+import logging
 import numbers
 import os
 import re
@@ -48,6 +51,9 @@ __all__ = [
     "atomic_save",
     "write_checkpoint",
     "find_last_checkpoint",
+    "has_checkpoint",
+    "latest_checkpoint",
+    "remove_stale_temporaries",
     "read_checkpoint",
     "check_model_identity",
     "load_model_state",
@@ -72,7 +78,10 @@ CHECKPOINT_KEYS = (
 )
 LAST_NAME = "last.pt"
 _NUMBERED = re.compile(r"^checkpoint_(\d+)\.pt$")
+_TEMPORARY = re.compile(r"^\.(checkpoint_\d+\.pt|last\.pt|metrics\.jsonl?)\..+\.tmp$")  # atomic_write's (and older)
 _SHOWN_KEYS = 5
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(VOSDataError):
@@ -156,9 +165,66 @@ def write_checkpoint(checkpoint: Mapping[str, Any], directory: str | os.PathLike
 
 
 def find_last_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """``directory/last.pt`` if it exists, else None."""
+    """``directory/last.pt`` if it exists, else None (see :func:`latest_checkpoint` for what a resume loads)."""
     last = Path(directory) / LAST_NAME
     return last if last.is_file() else None
+
+
+def _numbered(directory: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the numbered checkpoints in ``directory``, newest first."""
+    if not directory.is_dir():
+        return []
+    found = ((m, p) for p in directory.iterdir() if (m := _NUMBERED.match(p.name)) is not None)
+    return sorted(((int(m.group(1)), p) for m, p in found), reverse=True)
+
+
+def has_checkpoint(directory: str | os.PathLike) -> bool:
+    """Whether ``directory`` holds ``last.pt`` or a numbered checkpoint (without reading them)."""
+    return find_last_checkpoint(directory) is not None or bool(_numbered(Path(directory)))
+
+
+def latest_checkpoint(
+    directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete checkpoint of ``directory`` and its content (read once), or None if there is none.
+
+    Candidates are the numbered checkpoints, newest first, and ``last.pt`` where it is not a link to one of them (a
+    copy on file systems without hard links). ``last.pt`` alone is not enough: a crash between renaming
+    ``checkpoint_<step>.pt`` into place and linking ``last.pt`` leaves the newer file only as the numbered one. A
+    file that does not read as a checkpoint is skipped with a warning naming it.
+    """
+    directory = Path(directory)
+    numbered = [p for _, p in _numbered(directory)]
+    last = directory / LAST_NAME
+    candidates = list(numbered)
+    if last.is_file() and not any(os.path.samefile(last, p) for p in numbered):
+        candidates.insert(0, last)  # its step is only known once read
+    best: tuple[Path, dict[str, Any]] | None = None
+    for path in candidates:
+        try:
+            checkpoint = read_checkpoint(path, map_location=map_location)
+        except CheckpointError as error:
+            logger.warning("skipping %s", error)
+            continue
+        if best is None or int(checkpoint["step"]) > int(best[1]["step"]):
+            best = (path, checkpoint)
+        if path != last:  # numbered files come newest first: the first complete one wins
+            break
+    return best
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a killed writer left in a run directory; returns them.
+
+    Only call it while holding the run directory's lock: a running writer's temporary file looks the same.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if _TEMPORARY.match(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _load_error_summary(error: Exception) -> str:
