@@ -51,7 +51,7 @@ __all__ = [
     "atomic_save",
     "write_checkpoint",
     "find_last_checkpoint",
-    "has_checkpoint",
+    "checkpoint_files",
     "latest_checkpoint",
     "remove_stale_temporaries",
     "read_checkpoint",
@@ -178,9 +178,10 @@ def _numbered(directory: Path) -> list[tuple[int, Path]]:
     return sorted(((int(m.group(1)), p) for m, p in found), reverse=True)
 
 
-def has_checkpoint(directory: str | os.PathLike) -> bool:
-    """Whether ``directory`` holds ``last.pt`` or a numbered checkpoint (without reading them)."""
-    return find_last_checkpoint(directory) is not None or bool(_numbered(Path(directory)))
+def checkpoint_files(directory: str | os.PathLike) -> list[Path]:
+    """The numbered checkpoints of ``directory`` (newest first), then ``last.pt`` if present; not read."""
+    last = find_last_checkpoint(directory)
+    return [p for _, p in _numbered(Path(directory))] + ([last] if last is not None else [])
 
 
 def latest_checkpoint(

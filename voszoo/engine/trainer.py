@@ -55,8 +55,8 @@ from voszoo.engine.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     check_model_identity,
+    checkpoint_files,
     find_last_checkpoint,
-    has_checkpoint,
     latest_checkpoint,
     load_model_state,
     load_model_weights,
@@ -523,7 +523,7 @@ class Trainer:
     def _resume_from(self, resume: bool | str | Path) -> tuple[Path, dict[str, Any]] | None:
         """The checkpoint to resume (path and content), or None to start afresh."""
         if resume is False:
-            if has_checkpoint(self.output_dir) and self.is_main:
+            if checkpoint_files(self.output_dir) and self.is_main:
                 logger.warning("resume=False: starting afresh in %s, overwriting its checkpoints", self.output_dir)
             return None
         if isinstance(resume, (str, Path)) and resume != "auto":
