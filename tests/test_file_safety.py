@@ -3,8 +3,10 @@ failure, and locks name their holder."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import resource
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from voszoo.data.io import write_labels
-from voszoo.engine.checkpoint import CHECKPOINT_KEYS, write_checkpoint
+from voszoo.engine.checkpoint import CHECKPOINT_KEYS, FORMAT_VERSION, read_checkpoint, write_checkpoint
 from voszoo.engine.logging import MetricsWriter
 from voszoo.evaluation.pipeline import write_metrics
 from voszoo.evaluation.youtube_vos import pack_submission
@@ -96,3 +98,20 @@ def test_waiting_for_a_lock_says_whom_it_waits_for_then_gives_up(tmp_path: Path)
         with pytest.raises(LockHeldError, match="dataset y is in use by process"):
             FileLock(path, what="dataset y").acquire(timeout=0.3, on_wait=heard.append)
     assert len(heard) == 1 and heard[0].startswith(f"process {os.getpid()}")
+
+
+def test_a_full_disk_during_a_checkpoint_raises_oserror_and_keeps_last_pt(tmp_path: Path) -> None:
+    """torch.save turned the write error into 'RuntimeError: [enforce fail at inline_container.cc] ...'. The file
+    size limit makes write() fail as a full disk does (EFBIG instead of ENOSPC; Python ignores SIGXFSZ)."""
+    checkpoint = {key: None for key in CHECKPOINT_KEYS} | {"format_version": FORMAT_VERSION, "step": 1}
+    write_checkpoint(checkpoint, tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))
+    try:
+        with pytest.raises(OSError, match=r"File too large: .*checkpoint_00000002\.pt") as caught:
+            write_checkpoint(checkpoint | {"step": 2, "state_dict": {"w": torch.zeros(100_000)}}, tmp_path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert caught.value.errno == errno.EFBIG
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_00000001.pt", "last.pt"]
+    assert read_checkpoint(tmp_path / "last.pt")["step"] == 1

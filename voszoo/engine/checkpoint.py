@@ -33,7 +33,7 @@ import secrets
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -118,10 +118,41 @@ def plain_config(config: Any, *, key: str = "config") -> Any:
     )
 
 
+class _WriteErrors:
+    """A file wrapper for ``torch.save`` that keeps the OSError a write raised: torch's zip writer turns it into an
+    opaque ``RuntimeError: [enforce fail at inline_container.cc] ... unexpected pos``."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _save(obj: Any, handle: BinaryIO, path: Path) -> None:
+    writer = _WriteErrors(handle)
+    try:
+        torch.save(obj, writer)
+    except RuntimeError as error:
+        if writer.error is None:
+            raise
+        cause = writer.error  # e.g. ENOSPC: the disk is full; EFBIG: the file-size limit
+        raise OSError(cause.errno, f"{cause.strerror}: {path}", str(path)) from error
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically (temporary file in the same directory, fsync, rename), with the
-    umask's mode."""
-    return atomic_write(path, lambda handle: torch.save(obj, handle))
+    umask's mode. A failed write (full disk) raises the OSError, naming ``path``; ``path`` is left untouched."""
+    path = Path(path)
+    return atomic_write(path, lambda handle: _save(obj, handle, path))
 
 
 def _point_last(directory: Path, target: Path) -> None:
