@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import pytest
 from PIL import Image
 from scipy.ndimage import binary_erosion
 
+from voszoo.data import toy
 from voszoo.data.io import VOSDataError, read_labels
 from voszoo.data.toy import generate_toyvos, main, render_toyvos_video
 from voszoo.data.toy_render import Layer, render_video
@@ -215,6 +218,67 @@ def test_refuses_foreign_folders(tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert (generate_toyvos(empty, workers=1, **SMALL) / "toyvos.json").is_file()
+
+
+def test_a_folder_made_meanwhile_is_never_deleted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The generator used to delete whatever stood at the target when it renamed its staging folder into place."""
+    target = tmp_path / "d"
+    write_video = toy._write_video
+
+    def user_creates_the_folder(task: tuple) -> tuple[str, dict]:
+        target.mkdir(exist_ok=True)
+        (target / "notes.txt").write_text("precious")
+        return write_video(task)
+
+    monkeypatch.setattr(toy, "_write_video", user_creates_the_folder)
+    with pytest.raises(VOSDataError, match="something else was written there while ToyVOS was being generated"):
+        generate_toyvos(target, workers=1, **SMALL)
+    assert sorted(p.name for p in target.iterdir()) == ["notes.txt"]
+    assert (target / "notes.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no staging folder or lock file left
+
+
+def test_concurrent_runs_take_turns_and_the_loser_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs with other parameters on one folder both reported success and left one dataset. Now the second
+    waits for the first (which holds the lock mid-generation), then refuses the other parameters; a third run with
+    the first run's parameters waits too and finds the dataset ready."""
+    target = tmp_path / "d"
+    first_started, let_first_finish = threading.Event(), threading.Event()
+    write_video = toy._write_video
+
+    def paused_in_the_first_run(task: tuple) -> tuple[str, dict]:
+        if threading.current_thread().name == "first" and not first_started.is_set():
+            first_started.set()
+            assert let_first_finish.wait(30)
+        return write_video(task)
+
+    monkeypatch.setattr(toy, "_write_video", paused_in_the_first_run)
+    outcomes: dict[str, object] = {}
+
+    def run(name: str, **parameters: object) -> None:
+        try:
+            outcomes[name] = generate_toyvos(target, workers=1, **(SMALL | parameters))
+        except Exception as error:  # the test inspects it
+            outcomes[name] = error
+
+    first = threading.Thread(target=run, args=("first",), name="first")
+    first.start()
+    assert first_started.wait(30)
+    others = [
+        threading.Thread(target=run, args=("other",), kwargs=dict(frames=5), name="other"),
+        threading.Thread(target=run, args=("same",), name="same"),
+    ]
+    for thread in others:
+        thread.start()
+    time.sleep(0.5)  # both are now waiting for the lock
+    assert not outcomes
+    let_first_finish.set()
+    for thread in [first, *others]:
+        thread.join(60)
+    assert outcomes["first"] == target and outcomes["same"] == target
+    assert isinstance(outcomes["other"], VOSDataError) and "not {" in str(outcomes["other"])
+    assert json.loads((target / "toyvos.json").read_text())["parameters"]["frames"] == SMALL["frames"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]
 
 
 @pytest.mark.parametrize(

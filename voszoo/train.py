@@ -5,11 +5,20 @@
     torchrun --nproc_per_node 2 -m voszoo.train trainer.device=cpu ...
 
 Every job writes ``metrics.json`` (J&F, J, F, FPS, checkpoint path, steps) in its Hydra output dir.
+
+Resume: ``resume=auto`` (the default) continues the run in the output dir if it has a checkpoint; otherwise, for a
+single run (not under torchrun), it continues the latest *interrupted* run of the same config next to it (same
+parent folder, identical ``.hydra/config.yaml`` apart from ``resume``, a checkpoint, no ``metrics.json``, nobody
+training in it), in that run's folder. So re-running the exact command of an interrupted run continues it. The
+exact resume command is logged at the start and again on interruption (Ctrl-C, SIGTERM).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shlex
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from voszoo.cli_common import config_float, config_int, evaluate_model, hydra_entry, prepare_data, resolve_device
 
-__all__ = ["build_run", "check_train_config", "main", "train"]
+__all__ = ["build_run", "check_train_config", "find_interrupted_run", "main", "resume_command", "train"]
 
 logger = logging.getLogger("voszoo.train")
 
@@ -35,11 +44,16 @@ _TRAINER_COUNTS = (
 )
 
 
-def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
-    """Build everything ``cfg`` describes, train, evaluate; returns (and writes) the job's metrics."""
+def train(cfg: DictConfig, output_dir: str | Path, *, overrides: Sequence[str] | None = None) -> dict[str, Any]:
+    """Build everything ``cfg`` describes, train, evaluate; returns (and writes) the job's metrics.
+
+    ``overrides``: the command line's Hydra overrides, to log the exact resume command (None: not logged).
+    With ``resume=auto`` the run may continue in an earlier run's folder (:func:`find_interrupted_run`).
+    """
     from voszoo.engine import (
         EvalHook,
         Trainer,
+        TrainingTerminated,
         WandbHook,
         destroy_distributed,
     )
@@ -50,6 +64,12 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
     output_dir = Path(output_dir)
     check_train_config(cfg)
+    earlier = find_interrupted_run(cfg, output_dir) if cfg.resume == "auto" else None
+    if earlier is not None:
+        logger.warning(
+            "resume=auto: continuing the interrupted run of this config in %s (this log: %s)", earlier, output_dir
+        )
+        output_dir = earlier
     prepare_data(cfg.data)
     prepare_pretrained(cfg.model)  # weights: toyvos is pre-trained once per machine, on first use
     run = build_run(cfg)
@@ -92,25 +112,90 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         config=OmegaConf.to_container(cfg, resolve=True),
         **trainer_args,
     )
-    last = trainer.fit(resume=cfg.resume)
-    metrics: dict[str, Any] = {
-        "model": str(cfg.model.name),
-        "data": str(cfg.data.name),
-        "steps": trainer.step,
-        "checkpoint": str(output_dir / "last.pt"),
-        "train_loss": last.get("loss"),
-    }
-    if trainer.is_main and eval_collection is not None:
-        scores = evaluate(trainer.model, "final")
-        metrics.update(_scores(scores))
-        metrics["fps"] = scores["fps"]
-        if trainer.ema_model is not None:
-            metrics.update({f"ema/{k}": v for k, v in _scores(evaluate(trainer.ema_model, "ema")).items()})
-    if trainer.is_main:
-        write_metrics(output_dir, metrics)
-        logger.info("metrics: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    command = resume_command(output_dir, overrides=overrides) if overrides is not None else None
+    with trainer.hold_output_dir():  # no second writer until metrics.json is written
+        if command is not None and trainer.is_main:
+            logger.info("to resume this run if it stops: %s", command)
+        try:
+            last = trainer.fit(resume=cfg.resume)
+        except (KeyboardInterrupt, TrainingTerminated):
+            if command is not None and trainer.is_main:
+                logger.warning("interrupted at step %d; resume with: %s", trainer.step, command)
+            raise
+        metrics: dict[str, Any] = {
+            "model": str(cfg.model.name),
+            "data": str(cfg.data.name),
+            "steps": trainer.step,
+            "checkpoint": str(output_dir / "last.pt"),
+            "train_loss": last.get("loss"),
+        }
+        if trainer.is_main and eval_collection is not None:
+            scores = evaluate(trainer.model, "final")
+            metrics.update(_scores(scores))
+            metrics["fps"] = scores["fps"]
+            if trainer.ema_model is not None:
+                metrics.update({f"ema/{k}": v for k, v in _scores(evaluate(trainer.ema_model, "ema")).items()})
+        if trainer.is_main:
+            write_metrics(output_dir, metrics)
+            logger.info("metrics: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
     destroy_distributed()
     return metrics
+
+
+def resume_command(run_dir: str | Path, *, overrides: Sequence[str]) -> str:
+    """The shell command that resumes the run in ``run_dir``: ``voszoo-train`` with the same ``overrides`` (Hydra
+    command-line overrides) and ``hydra.run.dir=run_dir``. Under torchrun: the same torchrun options, then this."""
+    kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in ("hydra.run.dir", "resume")]
+    arguments = [*kept, f"hydra.run.dir={Path(run_dir).resolve()}"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "torchrun <same options> -m voszoo.train " + shlex.join(arguments)
+    return shlex.join(["voszoo-train", *arguments])
+
+
+def _comparable(config: Any) -> Any:
+    """A config as a plain container, unresolved, without ``resume``: two runs of one command compare equal."""
+    plain = OmegaConf.to_container(config, resolve=False) if OmegaConf.is_config(config) else config
+    return {k: v for k, v in plain.items() if k not in ("resume", "hydra")}
+
+
+def find_interrupted_run(cfg: DictConfig, output_dir: str | Path) -> Path | None:
+    """The latest interrupted run of the same config as ``cfg`` beside ``output_dir``, or None.
+
+    None if ``output_dir`` has a checkpoint (it resumes itself) or under torchrun (ranks must agree; pass
+    ``hydra.run.dir``). A candidate is a sibling folder with a checkpoint, no ``metrics.json`` (written when a run
+    ends), a ``.hydra/config.yaml`` equal to ``cfg`` apart from ``resume``, and no training holding its lock;
+    the one with the newest checkpoint wins.
+    """
+    from voszoo.engine.checkpoint import checkpoint_files
+    from voszoo.engine.trainer import RUN_LOCK_NAME
+    from voszoo.fileio import FileLock, LockHeldError
+
+    output_dir = Path(output_dir)
+    if checkpoint_files(output_dir) or int(os.environ.get("WORLD_SIZE", "1")) > 1 or not output_dir.parent.is_dir():
+        return None
+    wanted = _comparable(cfg)
+
+    def newest(run: Path) -> float:
+        return max(p.stat().st_mtime for p in checkpoint_files(run))
+
+    candidates = [
+        d
+        for d in output_dir.parent.iterdir()
+        if d.is_dir() and d != output_dir and checkpoint_files(d) and not (d / "metrics.json").exists()
+    ]
+    for run in sorted(candidates, key=newest, reverse=True):
+        try:
+            if _comparable(OmegaConf.load(run / ".hydra" / "config.yaml")) != wanted:
+                continue
+        except (OSError, ValueError, AttributeError):  # no or unreadable .hydra/config.yaml: not a voszoo-train run
+            continue
+        try:
+            with FileLock(run / RUN_LOCK_NAME, what=f"run directory {run}"):
+                pass
+        except LockHeldError:
+            continue  # still training
+        return run
+    return None
 
 
 def build_run(cfg: DictConfig) -> dict[str, Any]:
@@ -170,7 +255,8 @@ def _scores(result: dict[str, Any]) -> dict[str, float]:
 def _task(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
 
-    metrics = train(cfg, HydraConfig.get().runtime.output_dir)
+    hydra_cfg = HydraConfig.get()
+    metrics = train(cfg, hydra_cfg.runtime.output_dir, overrides=list(hydra_cfg.overrides.task))
     return metrics.get("J&F")
 
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from voszoo.errors import UserError
+from voszoo.fileio import atomic_write_bytes
 
 __all__ = [
     "VOSDataError",
@@ -89,20 +89,6 @@ def read_labels(path: str | os.PathLike, *, max_label: int | None = None) -> np.
         if bad.size:
             raise VOSDataError(f"{path}: label values {bad.tolist()} exceed the {max_label} objects this file may hold")
     return labels
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename: readers never see half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray, palette: np.ndarray = DAVIS_PALETTE) -> None:

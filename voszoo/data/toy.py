@@ -14,9 +14,12 @@ files carry no time-dependent metadata, so the same arguments give byte-identica
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import logging
 import multiprocessing
 import os
+import secrets
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,14 +40,27 @@ from voszoo.data.toy_render import (
     render_video,
 )
 from voszoo.errors import add_verbose_flag, request_full_errors, run_command
+from voszoo.fileio import FileLock
 
-__all__ = ["FORMAT_VERSION", "JPEG_QUALITY", "generate_toyvos", "sample_video", "render_toyvos_video", "main"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FORMAT_VERSION",
+    "JPEG_QUALITY",
+    "LOCK_TIMEOUT",
+    "generate_toyvos",
+    "sample_video",
+    "render_toyvos_video",
+    "main",
+]
 
 FORMAT_VERSION = 1
 """Bumped whenever the same parameters would produce different files."""
 JPEG_QUALITY = 90
 MIN_FIRST_FRAME_AREA = 0.01
 """Every annotated object covers at least this fraction of the image, unoccluded, in frame 0."""
+LOCK_TIMEOUT = 3600.0
+"""Seconds a run waits for another run generating into the same folder."""
 _CAMERA_MODES = ("static", "pan", "zoom", "pan_zoom")
 _MAX_ATTEMPTS = 200
 
@@ -352,9 +368,11 @@ def _parameters(*, videos: int, frames: int, size: tuple[int, int], seed: int) -
 
 
 def _existing(root: Path) -> dict | None:
-    """The (format_version, parameters) recorded in ``root/toyvos.json``, or None if unreadable."""
+    """The (format_version, parameters) recorded in ``root/toyvos.json``, or None if unreadable or not ToyVOS's."""
     try:
         record = json.loads((root / "toyvos.json").read_text())
+        if record["format"] != "ToyVOS":
+            return None
         return dict(format_version=record["format_version"], parameters=record["parameters"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -381,29 +399,89 @@ def generate_toyvos(
     ``force``). A ToyVOS dataset with other parameters is replaced only with ``force``. A folder with other content
     (no ``toyvos.json``) is never deleted: that raises :class:`VOSDataError`, with or without ``force``.
     The dataset is built in a hidden sibling folder and renamed into place, so ``out`` is never left half-written.
+
+    Concurrent runs on one folder take turns through a lock file beside it (``.<name>.toyvos.lock``): a run that
+    finds the folder locked waits (saying for which process, up to :data:`LOCK_TIMEOUT` seconds), then checks the
+    folder afresh: the same parameters find the dataset ready, other parameters get the error above. A folder that
+    gains other content while the dataset is generated is left alone (VOSDataError).
     """
     height, width = _validate(videos=videos, frames=frames, size=size, seed=seed, workers=workers)
     root = Path(out)
     parameters = _parameters(videos=videos, frames=frames, size=(height, width), seed=seed)
-    wanted = dict(format_version=FORMAT_VERSION, parameters=parameters)
-    if root.exists():
-        if not root.is_dir():
-            raise VOSDataError(f"{root}: exists and is not a folder; ToyVOS needs a new or empty folder")
-        if (root / "toyvos.json").is_file():
-            found = _existing(root)
-            if found == wanted and not force:
-                return root
-            if not force:
-                raise VOSDataError(
-                    f"{root}: holds a ToyVOS dataset made with {found or 'an unreadable toyvos.json'}, not {wanted}; "
-                    "pass force=True (--force) to regenerate it, or choose another folder"
-                )
-        elif any(root.iterdir()):
-            raise VOSDataError(
-                f"{root}: folder is not empty and is not a ToyVOS dataset (no toyvos.json); choose a new or empty "
-                "folder (force only replaces existing ToyVOS datasets)"
-            )
+    folder = Path(os.path.abspath(root))  # so that the lock and staging folder are siblings even for "." or "a/.."
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(folder.parent / f".{folder.name}.toyvos.lock", what=f"ToyVOS folder {root}")
+    lock.acquire(timeout=LOCK_TIMEOUT, on_wait=lambda holder: logger.warning("%s: waiting for %s", root, holder))
+    try:  # under the lock: a run that waited sees the dataset the holder made, and either uses it or refuses
+        replace = _check_target(root, wanted=dict(format_version=FORMAT_VERSION, parameters=parameters), force=force)
+        if replace is None:
+            return root
+        staging = folder.parent / f".{folder.name}.toyvos-partial-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            _write_dataset(staging, parameters=parameters, workers=workers, progress=progress)
+            _install(staging, folder, replace=replace)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    finally:
+        lock.release()
+    return root
 
+
+def _check_target(root: Path, *, wanted: dict, force: bool) -> bool | None:
+    """What to do with the folder ``root``: None (it already holds the wanted dataset), False (create it; it is
+    missing or empty), True (replace the ToyVOS dataset in it, with ``force``). Raises VOSDataError otherwise."""
+    if not root.exists():
+        return False
+    if not root.is_dir():
+        raise VOSDataError(f"{root}: exists and is not a folder; ToyVOS needs a new or empty folder")
+    if (root / "toyvos.json").is_file():
+        found = _existing(root)
+        if found == wanted and not force:
+            return None
+        if not force:
+            raise VOSDataError(
+                f"{root}: holds a ToyVOS dataset made with {found or 'an unreadable toyvos.json'}, not {wanted}; "
+                "pass force=True (--force) to regenerate it, or choose another folder"
+            )
+        if found is None:
+            raise VOSDataError(
+                f"{root}: its toyvos.json is unreadable, so it is not deleted; remove the folder yourself"
+            )
+        return True
+    if any(root.iterdir()):
+        raise VOSDataError(
+            f"{root}: folder is not empty and is not a ToyVOS dataset (no toyvos.json); choose a new or empty "
+            "folder (force only replaces existing ToyVOS datasets)"
+        )
+    return False
+
+
+def _install(staging: Path, folder: Path, *, replace: bool) -> None:
+    """Rename the finished ``staging`` folder to ``folder``. Only an empty folder, or (``replace``) a ToyVOS dataset,
+    is replaced: a folder that gained other content meanwhile is left alone and VOSDataError says so."""
+    old = None
+    if replace and _existing(folder) is not None:
+        old = folder.parent / f".{folder.name}.toyvos-old-{os.getpid()}-{secrets.token_hex(4)}"
+        os.replace(folder, old)
+    try:
+        os.replace(staging, folder)  # rename(2) replaces an empty folder atomically, never a non-empty one
+    except OSError as error:
+        if old is not None:
+            os.replace(old, folder)
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+            raise
+        shown = sorted(p.name for p in folder.iterdir())[:5] if folder.is_dir() else "a file"
+        raise VOSDataError(
+            f"{folder}: something else was written there while ToyVOS was being generated (found {shown}); it is "
+            "left as it is and no dataset was installed; choose a new or empty folder"
+        ) from None
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_dataset(staging: Path, *, parameters: dict, workers: int, progress: bool) -> None:
+    """Render every video and write toyvos.json into the new folder ``staging``."""
+    videos, frames, (height, width), seed = (parameters[k] for k in ("videos", "frames", "size", "seed"))
     val = max(1, videos // 5)
     train = videos - val
     digits = max(3, len(str(max(train, val) - 1)))
@@ -411,60 +489,48 @@ def generate_toyvos(
         "train": [f"toy_train_{i:0{digits}d}" for i in range(train)],
         "val": [f"toy_val_{i:0{digits}d}" for i in range(val)],
     }
-    folder = Path(os.path.abspath(root))  # so that the staging folder is a sibling even for "." or "a/.."
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.parent / f".{folder.name}.toyvos-partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        staging.mkdir()
-        tasks = [
-            (str(staging), name, split, int(seed), index, int(frames), (height, width))
-            for index, (split, name) in enumerate(
-                [("train", n) for n in splits["train"]] + [("val", n) for n in splits["val"]]
-            )
-        ]
-        summaries: dict[str, dict] = {}
-        # the platform's default start method (fork on Linux); the pool starts before tqdm's monitor thread exists
-        pool = multiprocessing.get_context().Pool(min(workers, len(tasks))) if workers > 1 else None
-        try:
-            results = pool.imap_unordered(_write_video, tasks) if pool is not None else map(_write_video, tasks)
-            with tqdm(total=len(tasks), desc="ToyVOS", unit="video", disable=None if progress else True) as bar:
-                for name, summary in results:
-                    summaries[name] = summary
-                    bar.update()
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
-        sets = staging / "ImageSets" / "2017"
-        sets.mkdir(parents=True)
-        for split, names in splits.items():
-            (sets / f"{split}.txt").write_text("".join(f"{name}\n" for name in names))
-        record = dict(
-            format="ToyVOS",
-            format_version=FORMAT_VERSION,
-            parameters=parameters,
-            generator="voszoo.data.toy.generate_toyvos",
-            jpeg_quality=JPEG_QUALITY,
-            layout=dict(
-                images="JPEGImages/480p/<seq>/%05d.jpg",
-                labels="Annotations/480p/<seq>/%05d.png",
-                splits="ImageSets/2017/{train,val}.txt",
-                flow="Flow/<seq>/%05d.npy",
-                meta="Meta/<seq>.json",
-            ),
-            flow="forward flow from frame t to t+1, float32 (H, W, 2), channel 0 = dx (columns), 1 = dy (rows)",
-            splits=splits,
-            sequences={name: summaries[name] for name in sorted(summaries)},
+    staging.mkdir()
+    tasks = [
+        (str(staging), name, split, int(seed), index, int(frames), (height, width))
+        for index, (split, name) in enumerate(
+            [("train", n) for n in splits["train"]] + [("val", n) for n in splits["val"]]
         )
-        (staging / "toyvos.json").write_text(json.dumps(record, indent=1) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)  # an empty folder, or a ToyVOS dataset being regenerated with force
-        os.replace(staging, folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return root
+    ]
+    summaries: dict[str, dict] = {}
+    # the platform's default start method (fork on Linux); the pool starts before tqdm's monitor thread exists
+    pool = multiprocessing.get_context().Pool(min(workers, len(tasks))) if workers > 1 else None
+    try:
+        results = pool.imap_unordered(_write_video, tasks) if pool is not None else map(_write_video, tasks)
+        with tqdm(total=len(tasks), desc="ToyVOS", unit="video", disable=None if progress else True) as bar:
+            for name, summary in results:
+                summaries[name] = summary
+                bar.update()
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+    sets = staging / "ImageSets" / "2017"
+    sets.mkdir(parents=True)
+    for split, names in splits.items():
+        (sets / f"{split}.txt").write_text("".join(f"{name}\n" for name in names))
+    record = dict(
+        format="ToyVOS",
+        format_version=FORMAT_VERSION,
+        parameters=parameters,
+        generator="voszoo.data.toy.generate_toyvos",
+        jpeg_quality=JPEG_QUALITY,
+        layout=dict(
+            images="JPEGImages/480p/<seq>/%05d.jpg",
+            labels="Annotations/480p/<seq>/%05d.png",
+            splits="ImageSets/2017/{train,val}.txt",
+            flow="Flow/<seq>/%05d.npy",
+            meta="Meta/<seq>.json",
+        ),
+        flow="forward flow from frame t to t+1, float32 (H, W, 2), channel 0 = dx (columns), 1 = dy (rows)",
+        splits=splits,
+        sequences={name: summaries[name] for name in sorted(summaries)},
+    )
+    (staging / "toyvos.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 # ---------------------------------------------------------------------------------------------------------------- CLI

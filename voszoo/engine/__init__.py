@@ -14,10 +14,11 @@ from voszoo.engine.optim import (
     freeze_parameters,
 )
 from voszoo.engine.seed import seed_everything
-from voszoo.engine.trainer import Trainer
+from voszoo.engine.trainer import Trainer, TrainingTerminated
 
 __all__ = [
     "Trainer",
+    "TrainingTerminated",
     "build_optimizer",
     "Schedule",
     "PolyWarmupSchedule",

@@ -16,20 +16,22 @@ A checkpoint is a dict saved with ``torch.save`` holding only tensors and plain 
 ======================  ==================================================================================
 
 Files in a run directory: ``checkpoint_<step:08d>.pt`` (the newest ``keep`` of them) and ``last.pt``, a hard link
-to (or, where links are unsupported, a copy of) the newest. Every file is written to a temporary file in the same
-directory, flushed, fsynced and renamed over the target, so a crash leaves either the old or the new checkpoint,
-never a partial one.
+to (or, where links are unsupported, a copy of) the newest; a resume loads the newest complete one of them
+(:func:`latest_checkpoint`). Every file is written to a temporary file in the same directory, flushed, fsynced and
+renamed over the target (:func:`voszoo.fileio.atomic_write`, with the umask's mode), so a crash leaves either the
+old or the new checkpoint, never a partial one; the temporary files a killed writer leaves behind are removed by
+the next run in that directory (:func:`remove_stale_temporaries`).
 """
 
 from __future__ import annotations
 
+import logging
 import numbers
 import os
 import re
 import secrets
 import shutil
-import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,6 +39,7 @@ import torch
 from torch import nn
 
 from voszoo.data.io import VOSDataError
+from voszoo.fileio import atomic_write, fsync_directory
 
 __all__ = [
     "FORMAT_VERSION",
@@ -48,6 +51,9 @@ __all__ = [
     "atomic_save",
     "write_checkpoint",
     "find_last_checkpoint",
+    "checkpoint_files",
+    "latest_checkpoint",
+    "remove_stale_temporaries",
     "read_checkpoint",
     "check_model_identity",
     "load_model_state",
@@ -72,7 +78,10 @@ CHECKPOINT_KEYS = (
 )
 LAST_NAME = "last.pt"
 _NUMBERED = re.compile(r"^checkpoint_(\d+)\.pt$")
+_TEMPORARY = re.compile(r"^\.(checkpoint_\d+\.pt|last\.pt|metrics\.jsonl?)\..+\.tmp$")  # atomic_write's (and older)
 _SHOWN_KEYS = 5
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(VOSDataError):
@@ -109,40 +118,41 @@ def plain_config(config: Any, *, key: str = "config") -> Any:
     )
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+class _WriteErrors:
+    """A file wrapper for ``torch.save`` that keeps the OSError a write raised: torch's zip writer turns it into an
+    opaque ``RuntimeError: [enforce fail at inline_container.cc] ... unexpected pos``."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
-def _atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file in the same directory, then rename it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _save(obj: Any, handle: BinaryIO, path: Path) -> None:
+    writer = _WriteErrors(handle)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
+        torch.save(obj, writer)
+    except RuntimeError as error:
+        if writer.error is None:
+            raise
+        cause = writer.error  # e.g. ENOSPC: the disk is full; EFBIG: the file-size limit
+        raise OSError(cause.errno, f"{cause.strerror}: {path}", str(path)) from error
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (temporary file in the same directory, fsync, rename)."""
+    """``torch.save(obj)`` to ``path`` atomically (temporary file in the same directory, fsync, rename), with the
+    umask's mode. A failed write (full disk) raises the OSError, naming ``path``; ``path`` is left untouched."""
     path = Path(path)
-    _atomic_write(path, lambda handle: torch.save(obj, handle))
-    return path
+    return atomic_write(path, lambda handle: _save(obj, handle, path))
 
 
 def _point_last(directory: Path, target: Path) -> None:
@@ -155,9 +165,9 @@ def _point_last(directory: Path, target: Path) -> None:
     except OSError:
         Path(tmp_name).unlink(missing_ok=True)
         with open(target, "rb") as source:
-            _atomic_write(last, lambda handle: shutil.copyfileobj(source, handle))
+            atomic_write(last, lambda handle: shutil.copyfileobj(source, handle))
         return
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 def write_checkpoint(checkpoint: Mapping[str, Any], directory: str | os.PathLike, *, keep: int = 1) -> Path:
@@ -186,9 +196,67 @@ def write_checkpoint(checkpoint: Mapping[str, Any], directory: str | os.PathLike
 
 
 def find_last_checkpoint(directory: str | os.PathLike) -> Path | None:
-    """``directory/last.pt`` if it exists, else None."""
+    """``directory/last.pt`` if it exists, else None (see :func:`latest_checkpoint` for what a resume loads)."""
     last = Path(directory) / LAST_NAME
     return last if last.is_file() else None
+
+
+def _numbered(directory: Path) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the numbered checkpoints in ``directory``, newest first."""
+    if not directory.is_dir():
+        return []
+    found = ((m, p) for p in directory.iterdir() if (m := _NUMBERED.match(p.name)) is not None)
+    return sorted(((int(m.group(1)), p) for m, p in found), reverse=True)
+
+
+def checkpoint_files(directory: str | os.PathLike) -> list[Path]:
+    """The numbered checkpoints of ``directory`` (newest first), then ``last.pt`` if present; not read."""
+    last = find_last_checkpoint(directory)
+    return [p for _, p in _numbered(Path(directory))] + ([last] if last is not None else [])
+
+
+def latest_checkpoint(
+    directory: str | os.PathLike, *, map_location: str | torch.device = "cpu"
+) -> tuple[Path, dict[str, Any]] | None:
+    """The newest complete checkpoint of ``directory`` and its content (read once), or None if there is none.
+
+    Candidates are the numbered checkpoints, newest first, and ``last.pt`` where it is not a link to one of them (a
+    copy on file systems without hard links). ``last.pt`` alone is not enough: a crash between renaming
+    ``checkpoint_<step>.pt`` into place and linking ``last.pt`` leaves the newer file only as the numbered one. A
+    file that does not read as a checkpoint is skipped with a warning naming it.
+    """
+    directory = Path(directory)
+    numbered = [p for _, p in _numbered(directory)]
+    last = directory / LAST_NAME
+    candidates = list(numbered)
+    if last.is_file() and not any(os.path.samefile(last, p) for p in numbered):
+        candidates.insert(0, last)  # its step is only known once read
+    best: tuple[Path, dict[str, Any]] | None = None
+    for path in candidates:
+        try:
+            checkpoint = read_checkpoint(path, map_location=map_location)
+        except CheckpointError as error:
+            logger.warning("skipping %s", error)
+            continue
+        if best is None or int(checkpoint["step"]) > int(best[1]["step"]):
+            best = (path, checkpoint)
+        if path != last:  # numbered files come newest first: the first complete one wins
+            break
+    return best
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files that a killed writer left in a run directory; returns them.
+
+    Only call it while holding the run directory's lock: a running writer's temporary file looks the same.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    stale = [p for p in directory.iterdir() if _TEMPORARY.match(p.name) and p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _load_error_summary(error: Exception) -> str:

@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from voszoo.fileio import atomic_write_bytes
+
 __all__ = ["MetricsWriter", "format_metrics"]
 
 
@@ -39,12 +41,7 @@ class MetricsWriter:
         kept = [r for r in records if int(r.get("step", 0)) <= step]
         if len(kept) == len(records):
             return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        with open(tmp, "w", encoding="utf-8") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in kept)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        atomic_write_bytes(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode(), durable=True)
 
 
 def _format_value(key: str, value: float | int | str) -> str:

@@ -21,6 +21,14 @@ process, and ``fit(resume=...)`` for 3 more give identical weights (for an index
 KeyboardInterrupt during a step's forward/backward rolls the data position, RNG states and buffers back to the
 step's start before the checkpoint is written, so the resumed run redoes that step exactly.
 
+Several writers, preemption, crashes: ``fit`` holds a lock on ``output_dir`` (:meth:`Trainer.hold_output_dir`), so
+a second training in the same directory fails at once, naming the holder's pid, instead of resuming from a
+checkpoint being written and interleaving its records. SIGTERM (what schedulers send on preemption) is turned into
+a flag: the step in progress finishes on every process, the checkpoint is saved and :class:`TrainingTerminated`
+(exit code 143) is raised; under torchrun the flag travels with the loss all-reduce, so all ranks stop after the
+same step. A resume loads the newest complete checkpoint, also one that ``last.pt`` does not name yet, and says
+which; temporary files left by a killed writer are removed when the next run starts.
+
 Stages (static-image pre-training, then main training) are two runs of the trainer: the second one gets
 ``init_from=<first run>/last.pt`` (weights only; fresh optimizer, schedule and EMA) and its own ``output_dir``; a
 finished stage resumed with ``resume="auto"`` returns at once, so a restarted two-stage job continues where it was.
@@ -30,9 +38,11 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +55,15 @@ from voszoo.engine.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
     check_model_identity,
+    checkpoint_files,
     find_last_checkpoint,
+    latest_checkpoint,
     load_model_state,
     load_model_weights,
     model_class_path,
     plain_config,
     read_checkpoint,
+    remove_stale_temporaries,
     write_checkpoint,
 )
 from voszoo.engine.distributed import (
@@ -67,12 +80,56 @@ from voszoo.engine.hooks import CheckpointHook, ConsoleHook, Hook
 from voszoo.engine.logging import MetricsWriter
 from voszoo.engine.optim import Schedule, freeze_batchnorm, freeze_parameters
 from voszoo.engine.seed import get_rng_state, seed_everything, set_rng_state
+from voszoo.fileio import FileLock, LockHeldError
 
-__all__ = ["AMP_MODES", "Trainer", "resolve_device"]
+__all__ = ["AMP_MODES", "RUN_LOCK_NAME", "Trainer", "TrainingTerminated", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
 AMP_MODES = ("none", "bf16", "fp16")
+RUN_LOCK_NAME = ".voszoo-run.lock"
+"""The lock file a training holds in its output directory (removed when it ends)."""
+
+
+class TrainingTerminated(SystemExit):
+    """:meth:`Trainer.fit` after SIGTERM: the checkpoint of ``step`` is saved; the exit code is 128 + ``signum``.
+
+    A ``SystemExit``, so a script exits with that code unless it catches it, as it would have died by the signal.
+    """
+
+    def __init__(self, *, signum: int, step: int, checkpoint: Path | None) -> None:
+        super().__init__(128 + signum)
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+class _TerminationFlag:
+    """While entered, SIGTERM only sets ``received`` (read by the loop after each step); the previous handler is
+    restored on exit. Signal handlers can only be set from the main thread; elsewhere SIGTERM keeps its handler."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: Any = None
+        self._installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum  # no logging here: a handler may interrupt the logging module holding its lock
+
+    def __enter__(self) -> _TerminationFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
+
+
+def _ignore_sigterm(worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM (sent to the whole process group by schedulers) to the main process, which
+    checkpoints and then shuts them down; torch's own worker handler would die and fail the main process."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -137,7 +194,7 @@ class Trainer:
         clip_grad_norm: clip the global gradient norm to this (None: no clipping).
         accumulate: micro-batches per optimizer step (each loss is divided by it).
         ema_decay: keep an EMA of the weights with this decay (None: no EMA); ``ema_warmup``: its ramp in updates.
-        checkpoint_every: save every so many steps (0: only at the end and on KeyboardInterrupt).
+        checkpoint_every: save every so many steps (0: only at the end, on KeyboardInterrupt and on SIGTERM).
         keep_checkpoints: numbered checkpoints kept besides ``last.pt``.
         log_every: steps between metric records and console lines.
         hooks: extra hooks, run after the built-in console and checkpoint hooks.
@@ -277,6 +334,9 @@ class Trainer:
         self._epoch_start_step = 0
         self._saved_step: int | None = None
         self._ddp: DistributedDataParallel | None = None
+        self._run_lock: FileLock | None = None
+        self._termination: _TerminationFlag | None = None
+        self._stop_requested = False
 
     # -- properties ---------------------------------------------------------------------------------------------
     @property
@@ -292,16 +352,55 @@ class Trainer:
     def fit(self, resume: bool | str | Path = "auto") -> dict[str, float]:
         """Train up to ``max_steps``; returns the metrics of the last step (empty if nothing was left to train).
 
-        ``resume``: ``"auto"`` continues from ``<output_dir>/last.pt`` if it exists, ``True`` requires it,
-        ``False`` starts afresh (overwriting the directory's checkpoints), a path resumes from that checkpoint.
-        Checkpoints are written every ``checkpoint_every`` steps, at the end, and on KeyboardInterrupt (which is
-        then re-raised).
+        ``resume``: ``"auto"`` continues from the newest complete checkpoint in ``output_dir`` if there is one,
+        ``True`` requires one, ``False`` starts afresh (overwriting the directory's checkpoints), a path resumes
+        from that checkpoint. Checkpoints are written every ``checkpoint_every`` steps, at the end, on
+        KeyboardInterrupt (which is then re-raised) and after the step during which SIGTERM arrived (then
+        :class:`TrainingTerminated` is raised). The output directory is locked while ``fit`` runs
+        (:meth:`hold_output_dir`); temporary files a killed run left in it are removed first.
         """
-        path = self._resume_path(resume)
+        with self.hold_output_dir(), _TerminationFlag() as termination:
+            self._termination, self._stop_requested = termination, False
+            try:
+                return self._fit(resume)
+            finally:
+                self._termination = None
+
+    @contextmanager
+    def hold_output_dir(self) -> Iterator[None]:
+        """Lock ``output_dir`` (a :class:`~voszoo.fileio.FileLock` on ``.voszoo-run.lock``, main process) until the
+        block ends, so that no second training writes into it meanwhile; re-entrant for this trainer (voszoo-train
+        holds it across ``fit`` and the evaluation that follows). Every process calls it; all raise
+        :class:`~voszoo.fileio.LockHeldError`, naming the holder's pid, if another process holds the lock."""
+        if self._run_lock is not None:
+            yield
+            return
+        lock = FileLock(self.output_dir / RUN_LOCK_NAME, what=f"run directory {self.output_dir}")
+        problem = None
+        if self.is_main:
+            try:
+                lock.acquire()
+            except LockHeldError as error:
+                problem = f"{error}; wait for that run to end, stop it, or train in another directory"
+        problem = all_gather_objects(problem)[0]  # every process learns whether the main process got the lock
+        if problem is not None:
+            raise LockHeldError(problem)
+        self._run_lock = lock
+        try:
+            yield
+        finally:
+            self._run_lock = None
+            lock.release()
+
+    def _fit(self, resume: bool | str | Path) -> dict[str, float]:
         if self.is_main:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-        if path is not None:
-            self._load(path)
+            stale = remove_stale_temporaries(self.output_dir)
+            if stale:
+                logger.warning("removed %d temporary file(s) a killed run left in %s", len(stale), self.output_dir)
+        found = self._resume_from(resume)
+        if found is not None:
+            self._load(*found)
         else:
             self._start_fresh()
         if self.step >= self.max_steps:
@@ -321,9 +420,13 @@ class Trainer:
                     self.log(metrics)
                 for hook in self.hooks:
                     hook.after_step(self, metrics)
+                if self._should_stop():
+                    self._terminate()
             self.completed = True
             if self._saved_step != self.step:
                 self.save_checkpoint()
+            if self._termination is not None and self._termination.received is not None:
+                self._terminate()  # arrived during the last step: the work is saved, but the process must still end
         except KeyboardInterrupt:
             logger.warning("interrupted at step %d; saving a checkpoint", self.step)
             if self._saved_step != self.step:
@@ -333,6 +436,25 @@ class Trainer:
             for hook in self.hooks:
                 hook.after_train(self)
         return metrics
+
+    def _should_stop(self) -> bool:
+        """SIGTERM arrived: on every process (agreed through the step's all-reduce), or, alone, right now."""
+        if self.dist.enabled:
+            return self._stop_requested
+        return self._termination is not None and self._termination.received is not None
+
+    def _terminate(self) -> None:
+        """Save the current step (every process) and raise :class:`TrainingTerminated`."""
+        signum = (self._termination.received if self._termination is not None else None) or signal.SIGTERM
+        path = self.save_checkpoint() if self._saved_step != self.step else None
+        logger.warning(
+            "%s received: stopped after step %d of %d, checkpoint saved in %s",
+            signal.Signals(signum).name,
+            self.step,
+            self.max_steps,
+            self.output_dir,
+        )
+        raise TrainingTerminated(signum=int(signum), step=self.step, checkpoint=path)
 
     def log(self, metrics: Mapping[str, float], *, step: int | None = None) -> None:
         """Record ``metrics`` for ``step`` (default: the current step) in ``metrics.jsonl`` and pass them to the
@@ -398,21 +520,37 @@ class Trainer:
         if names:
             raise ValueError(f"Trainer: trainable parameters missing from the optimizer: {names[:5]}")
 
-    def _resume_path(self, resume: bool | str | Path) -> Path | None:
+    def _resume_from(self, resume: bool | str | Path) -> tuple[Path, dict[str, Any]] | None:
+        """The checkpoint to resume (path and content), or None to start afresh."""
         if resume is False:
-            if find_last_checkpoint(self.output_dir) is not None and self.is_main:
+            if checkpoint_files(self.output_dir) and self.is_main:
                 logger.warning("resume=False: starting afresh in %s, overwriting its checkpoints", self.output_dir)
             return None
-        if resume == "auto":
-            return find_last_checkpoint(self.output_dir)
-        if resume is True:
-            last = find_last_checkpoint(self.output_dir)
-            if last is None:
-                raise CheckpointError(f"resume=True but there is no checkpoint {self.output_dir / 'last.pt'}")
-            return last
-        if isinstance(resume, (str, Path)):
-            return Path(resume)
-        raise ValueError(f"Trainer.fit: resume must be 'auto', True, False or a checkpoint path, got {resume!r}")
+        if isinstance(resume, (str, Path)) and resume != "auto":
+            return Path(resume), read_checkpoint(resume)
+        if resume not in ("auto", True):
+            raise ValueError(f"Trainer.fit: resume must be 'auto', True, False or a checkpoint path, got {resume!r}")
+        found = latest_checkpoint(self.output_dir)
+        if found is None and resume is True:
+            raise CheckpointError(
+                f"resume=True but there is no checkpoint in {self.output_dir} (no readable last.pt or checkpoint_*.pt)"
+            )
+        if found is not None and self.is_main:
+            self._explain_choice(*found)
+        return found
+
+    def _explain_choice(self, path: Path, checkpoint: Mapping[str, Any]) -> None:
+        """Say which checkpoint a resume loads, and why when it is not the one ``last.pt`` names."""
+        last = find_last_checkpoint(self.output_dir)
+        step = int(checkpoint["step"])
+        if last is None or not last.samefile(path):
+            logger.warning(
+                "resuming from %s (step %d), the newest complete checkpoint; last.pt %s (a crash before it was "
+                "updated)",
+                path,
+                step,
+                "is missing" if last is None else "names an older one",
+            )
 
     def _start_fresh(self) -> None:
         if self.init_from is not None:
@@ -424,8 +562,7 @@ class Trainer:
             self.metrics.truncate_after(-1)
         seed_everything(self.seed, rank=self.dist.rank)
 
-    def _load(self, path: Path) -> None:
-        checkpoint = read_checkpoint(path)
+    def _load(self, path: Path, checkpoint: Mapping[str, Any]) -> None:
         check_model_identity(checkpoint, path=path, model=self.model, model_name=self.model_name)
         load_model_state(self.model, checkpoint["state_dict"], path=path)
         if self.ema is not None:
@@ -537,6 +674,7 @@ class Trainer:
             collate_fn=self.collate_fn,
             drop_last=True,
             pin_memory=self.device.type == "cuda",
+            worker_init_fn=_ignore_sigterm if self.num_workers > 0 else None,
             generator=torch.Generator().manual_seed(self.seed + epoch),  # the global RNG stays untouched
         )
         return iter(loader), count
@@ -622,8 +760,12 @@ class Trainer:
                     buffer.copy_(saved)
             raise
         names = ["loss"] + sorted(k for k in totals if k != "loss")
-        means = all_reduce_mean(torch.stack([totals[k] for k in names]) / self.accumulate)
-        metrics = dict(zip(names, means.tolist(), strict=True))
+        values = torch.stack([totals[k] for k in names]) / self.accumulate
+        # the SIGTERM flag rides on the loss all-reduce: every process stops after the same step, no extra collective
+        signalled = self._termination is not None and self._termination.received is not None
+        reduced = all_reduce_mean(torch.cat([values, values.new_tensor([float(signalled)])])).tolist()
+        metrics = dict(zip(names, reduced[:-1], strict=True))
+        self._stop_requested = reduced[-1] > 0
         if not math.isfinite(metrics["loss"]) and not self.scaler.is_enabled():
             raise FloatingPointError(f"the loss is {metrics['loss']} at step {self.step} (losses: {metrics})")
         lr = self.schedule.apply(self.optimizer) if self.schedule is not None else self.optimizer.param_groups[0]["lr"]

@@ -6,8 +6,9 @@ appearance to the end of the video, and the frames required for a video are the 
 
 ``voszoo-pack-ytvos PRED_DIR --meta valid/meta.json --out submission.zip`` reads ``PRED_DIR/<video>/<frame>.png``
 for every required frame, re-encodes each as a palette PNG (DAVIS palette, same label values and size) and writes the
-zip atomically (temporary file, then rename). It refuses incomplete input, listing what is missing or unreadable
-(first few + count), and a video whose PNGs do not all share one size. Extra files in PRED_DIR are left out.
+zip atomically (temporary file, then rename; the zip gets the umask's mode). It refuses incomplete input, listing
+what is missing or unreadable (first few + count), and a video whose PNGs do not all share one size. Extra files in
+PRED_DIR are left out.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 from tqdm.auto import tqdm
 
 from voszoo.data.io import VOSDataError, read_labels, write_labels
 from voszoo.data.youtube_vos import read_meta
 from voszoo.errors import add_verbose_flag, request_full_errors, run_command
+from voszoo.fileio import atomic_write
 
 __all__ = ["required_frames", "pack_submission", "main"]
 
@@ -89,16 +92,13 @@ def pack_submission(
             parts.append(_summary("frame file(s) missing", missing_frames))
         raise VOSDataError(f"incomplete predictions in {pred_dir} for {meta_path}: " + " | ".join(parts))
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(handle)
-    temp = Path(temp_name)
-    problems: list[str] = []
     total = sum(len(frames) for frames in required.values())
-    try:
+
+    def write_zip(handle: BinaryIO) -> None:
+        problems: list[str] = []
         with (
             tempfile.TemporaryDirectory(prefix=".voszoo-pack-", dir=out_path.parent) as scratch,
-            zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_STORED) as archive,
+            zipfile.ZipFile(handle, "w", compression=zipfile.ZIP_STORED) as archive,
             tqdm(total=total, desc="pack", unit="frame", disable=None if progress else True) as bar,
         ):
             png = Path(scratch) / "frame.png"
@@ -123,11 +123,11 @@ def pack_submission(
                     if not problems:
                         write_labels(png, labels)
                         archive.write(png, f"Annotations/{video}/{frame}.png")
-        if problems:
+        if problems:  # atomic_write then removes the partial zip and leaves out_path untouched
             raise VOSDataError(_summary("unusable prediction file(s)", problems))
-        os.replace(temp, out_path)
-    finally:
-        temp.unlink(missing_ok=True)
+
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out_path, write_zip)
     return out_path
 
 
