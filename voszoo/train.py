@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from voszoo.cli_common import config_float, config_int, evaluate_model, hydra_entry, prepare_data, resolve_device
 
-__all__ = ["build_run", "check_train_config", "main", "train"]
+__all__ = ["build_loggers", "build_run", "check_train_config", "main", "train"]
 
 logger = logging.getLogger("voszoo.train")
 
@@ -37,12 +37,7 @@ _TRAINER_COUNTS = (
 
 def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Build everything ``cfg`` describes, train, evaluate; returns (and writes) the job's metrics."""
-    from voszoo.engine import (
-        EvalHook,
-        Trainer,
-        WandbHook,
-        destroy_distributed,
-    )
+    from voszoo.engine import EvalHook, Trainer, destroy_distributed
     from voszoo.evaluation.pipeline import write_metrics
     from voszoo.instantiate import build
     from voszoo.pretrain import prepare_pretrained
@@ -50,16 +45,14 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
     output_dir = Path(output_dir)
     check_train_config(cfg)
+    loggers = build_loggers(cfg.logger)  # first: a missing optional package fails before data and pre-training
     prepare_data(cfg.data)
     prepare_pretrained(cfg.model)  # weights: toyvos is pre-trained once per machine, on first use
     run = build_run(cfg)
     model, dataset, optimizer, schedule = run["model"], run["dataset"], run["optimizer"], run["schedule"]
     trainer_args = run["args"]
 
-    hooks: list[Any] = []
-    if cfg.logger.get("wandb"):
-        wandb_cfg = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
-        hooks.append(WandbHook(config=OmegaConf.to_container(cfg, resolve=True), **wandb_cfg))
+    hooks: list[Any] = list(loggers)
     eval_collection = build(cfg.data.eval, key="data.eval") if cfg.evaluate else None
 
     def evaluate(model_to_score: Any, tag: str) -> dict[str, Any]:
@@ -92,25 +85,61 @@ def train(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
         config=OmegaConf.to_container(cfg, resolve=True),
         **trainer_args,
     )
-    last = trainer.fit(resume=cfg.resume)
-    metrics: dict[str, Any] = {
-        "model": str(cfg.model.name),
-        "data": str(cfg.data.name),
-        "steps": trainer.step,
-        "checkpoint": str(output_dir / "last.pt"),
-        "train_loss": last.get("loss"),
-    }
-    if trainer.is_main and eval_collection is not None:
-        scores = evaluate(trainer.model, "final")
-        metrics.update(_scores(scores))
-        metrics["fps"] = scores["fps"]
-        if trainer.ema_model is not None:
-            metrics.update({f"ema/{k}": v for k, v in _scores(evaluate(trainer.ema_model, "ema")).items()})
-    if trainer.is_main:
-        write_metrics(output_dir, metrics)
-        logger.info("metrics: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+    finished = False
+    try:
+        last = trainer.fit(resume=cfg.resume)
+        metrics: dict[str, Any] = {
+            "model": str(cfg.model.name),
+            "data": str(cfg.data.name),
+            "steps": trainer.step,
+            "checkpoint": str(output_dir / "last.pt"),
+            "train_loss": last.get("loss"),
+        }
+        if trainer.is_main and eval_collection is not None:
+            scores = evaluate(trainer.model, "final")
+            metrics.update(_scores(scores))
+            metrics["fps"] = scores["fps"]
+            if trainer.ema_model is not None:
+                metrics.update({f"ema/{k}": v for k, v in _scores(evaluate(trainer.ema_model, "ema")).items()})
+            trainer.log(_final_record(metrics))  # metrics.jsonl and every logger, at the last step
+        if trainer.is_main:
+            for hook in loggers:
+                hook.log_checkpoint(trainer, output_dir / "last.pt")
+            write_metrics(output_dir, metrics)
+            logger.info("metrics: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+        finished = True
+    finally:
+        for hook in loggers:  # closed here, not after fit(): the final scores above must reach them
+            hook.close(success=finished)
     destroy_distributed()
     return metrics
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """The metric loggers of the ``logger`` config node: one :class:`~voszoo.engine.loggers.LoggerHook` per
+    non-empty entry, built from its ``_target_`` (``logger=[console,wandb]`` composes ``{console: {}, wandb:
+    {_target_: ...}}``; the console is the trainer's own and builds nothing). They stay open after training:
+    :func:`train` closes them once the final scores are logged."""
+    from voszoo.engine.loggers import LoggerHook
+    from voszoo.instantiate import ConfigError, build
+
+    loggers = []
+    for name, node in cfg.items():
+        if not node:
+            continue
+        hook = build(node, key=f"logger.{name}")
+        if not isinstance(hook, LoggerHook):
+            raise ConfigError(f"logger.{name} built a {type(hook).__name__}, which is not a voszoo LoggerHook")
+        hook.close_after_train = False
+        loggers.append(hook)
+    return loggers
+
+
+def _final_record(metrics: dict[str, Any]) -> dict[str, float]:
+    """The final scores as the periodic evaluations log them (``eval/J&F``, ``eval_ema/J&F``, ...)."""
+    record = {f"eval/{k}": float(metrics[k]) for k in ("J&F", "J", "F", "fps") if k in metrics}
+    record.update({f"eval_ema/{k}": float(metrics[f"ema/{k}"]) for k in ("J&F", "J", "F") if f"ema/{k}" in metrics})
+    return record
 
 
 def build_run(cfg: DictConfig) -> dict[str, Any]:
