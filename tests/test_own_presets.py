@@ -50,6 +50,25 @@ def test_create_model_reads_a_preset_from_config_dir(myconf: Path) -> None:
         voszoo.create_model("my_stm", config_dir=myconf.parent / "nowhere")
 
 
+def test_a_method_of_ones_own_class_is_built_once_its_module_is_allowed(
+    myconf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/own_presets.md, step 2: a package of one's own, a preset naming its class, VOSZOO_ALLOWED_TARGETS."""
+    package = tmp_path / "code" / "mymethods"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("from voszoo.models.stm import STM\n\n\nclass MySTM(STM):\n    pass\n")
+    (myconf / "model" / "my_method.yaml").write_text(
+        "defaults:\n  - stm_r18\n  - _self_\n\nname: my_method\n_target_: mymethods.MySTM\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path / "code"))
+    from voszoo.instantiate import ConfigError
+
+    with pytest.raises(ConfigError, match="'mymethods.MySTM' is not an allowed _target_"):
+        voszoo.create_model("my_method", config_dir=myconf)
+    monkeypatch.setenv("VOSZOO_ALLOWED_TARGETS", "mymethods")
+    assert type(voszoo.create_model("my_method", config_dir=myconf)).__name__ == "MySTM"
+
+
 def test_profiling_finds_the_preset_through_config_dir(myconf: Path, tmp_path: Path) -> None:
     from voszoo.benchmark import _profile_source
     from voszoo.profiling import main as profile
