@@ -152,8 +152,8 @@ def test_wandb_and_tensorboard_say_which_extra_is_missing(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     with pytest.raises(ImportError, match=r"TensorBoardHook needs .* pip install 'voszoo\[tensorboard\]'"):
         TensorBoardHook()
+    monkeypatch.delitem(sys.modules, "wandb")  # installed again
     with pytest.raises(ValueError, match="WandbHook: mode must be one of offline, online, disabled, got 'upload'"):
-        monkeypatch.delitem(sys.modules, "wandb")
         WandbHook(mode="upload")
 
 
