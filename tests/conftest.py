@@ -17,6 +17,24 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session", autouse=True)
+def wandb_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """wandb stays off the network and out of the home folder: disabled unless a test's logger asks for a mode
+    (tests/test_loggers.py runs it offline), with its settings, cache and artifact dirs in a tmp folder. Set in
+    os.environ so that subprocesses inherit it."""
+    root = tmp_path_factory.mktemp("wandb")
+    values = {"WANDB_MODE": "disabled", "WANDB_SILENT": "true", "WANDB_DIR": str(root / "runs")}
+    values.update({f"WANDB_{name}_DIR": str(root / name.lower()) for name in ("CACHE", "CONFIG", "DATA", "ARTIFACT")})
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session", autouse=True)
 def toyvos_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A weights cache ($VOSZOO_CACHE, inherited by subprocesses) holding the default ToyVOS recipe's entry for
     resnet18, made of seeded random weights: recipes with ``weights: toyvos`` build in tests without the 30-minute

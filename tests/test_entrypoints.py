@@ -4,6 +4,7 @@ a multirun sweep, and the errors a user sees for a wrong checkpoint or an unknow
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,9 @@ def test_eval_reproduces_the_training_run_scores(trained: tuple[Path, Path]) -> 
     trained_metrics = json.loads((run_dir / "metrics.json").read_text())
     assert scored["J&F"] == pytest.approx(trained_metrics["J&F"], abs=1e-9)
     assert "J&F-Mean" in done.stdout
+    # stderr is a pipe, as in a batch job: no progress bar, but the log says how far it got, video by video
+    log = (out / "evaluate.log").read_text()
+    assert re.search(r"predict stm_r18: video 1/\d+ toy_val_000: 5 frames, [\d.]+ FPS", log)
 
 
 def test_eval_rejects_a_checkpoint_of_another_model(trained: tuple[Path, Path]) -> None:

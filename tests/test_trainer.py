@@ -4,8 +4,6 @@ freezing, AMP on CPU, hooks and metrics, stages, and the errors a user meets."""
 from __future__ import annotations
 
 import json
-import sys
-import types
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,7 +18,6 @@ from voszoo.engine import (
     Hook,
     PolyWarmupSchedule,
     Trainer,
-    WandbHook,
     build_optimizer,
     read_checkpoint,
 )
@@ -366,33 +363,6 @@ def test_bad_model_output_and_bad_arguments(tmp_path: Path) -> None:
         make_trainer(tmp_path / "c", batch_size=8).fit()
     with pytest.raises(ValueError, match="device must be"):
         make_trainer(tmp_path, device="tpu")
-
-
-def test_wandb_hook(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
-    with pytest.raises(
-        ImportError, match=r"WandbHook needs the optional dependency wandb: pip install 'voszoo\[wandb\]'"
-    ):
-        WandbHook("voszoo")
-    calls = []
-
-    class Run:
-        def log(self, metrics: dict, step: int) -> None:
-            calls.append(("log", step, sorted(metrics)))
-
-        def finish(self, exit_code: int) -> None:
-            calls.append(("finish", exit_code))
-
-    fake = types.ModuleType("wandb")
-    fake.util = types.SimpleNamespace(generate_id=lambda: "abc123")
-    fake.init = lambda **kwargs: calls.append(("init", kwargs["mode"], kwargs["id"], kwargs["config"])) or Run()
-    monkeypatch.setitem(sys.modules, "wandb", fake)
-    trainer = make_trainer(tmp_path, max_steps=2, hooks=[WandbHook("voszoo")], config={"lr": 0.05})
-    trainer.fit()
-    assert calls[0] == ("init", "offline", "abc123", {"lr": 0.05})
-    assert calls[1][:2] == ("log", 2) and "loss" in calls[1][2]
-    assert calls[-1] == ("finish", 0)
-    assert (tmp_path / "wandb_run_id").read_text() == "abc123"
 
 
 class ProgressProbe(nn.Module):

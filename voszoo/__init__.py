@@ -13,22 +13,26 @@ __version__ = "0.1.0"
 __all__ = ["__version__", "create_model", "list_components", "list_models"]
 
 
-def list_models() -> list[str]:
-    """Names of the model presets (``conf/model/<name>.yaml``)."""
+def list_models(*, config_dir: Any = None) -> list[str]:
+    """Names of the model presets (``conf/model/<name>.yaml``, and ``<config_dir>/model/<name>.yaml``)."""
     from voszoo.models.registry import list_models as _list_models
 
-    return _list_models()
+    return _list_models(config_dir=config_dir)
 
 
-def list_components(slot: str) -> list[str]:
+def list_components(slot: str, *, config_dir: Any = None) -> list[str]:
     """Components registered for a slot (``conf/model/<slot>/<name>.yaml``), e.g. ``list_components("memory")``."""
     from voszoo.models.registry import list_components as _list_components
 
-    return _list_components(slot)
+    return _list_components(slot, config_dir=config_dir)
 
 
-def create_model(name: str, *, overrides: list[str] | tuple[str, ...] = (), **values: Any) -> Any:
-    """Build model preset ``name`` with random weights; see :func:`voszoo.models.registry.create_model`."""
+def create_model(
+    name: str, *, overrides: list[str] | tuple[str, ...] = (), config_dir: Any = None, **values: Any
+) -> Any:
+    """Build model preset ``name`` with random weights; ``config_dir``: a folder of your own presets
+    (``<config_dir>/model/<name>.yaml``, as ``--config-dir`` on the command line). See
+    :func:`voszoo.models.registry.create_model`."""
     from voszoo.models.registry import create_model as _create_model
 
-    return _create_model(name, overrides=overrides, **values)
+    return _create_model(name, overrides=overrides, config_dir=config_dir, **values)

@@ -39,7 +39,16 @@ from omegaconf import DictConfig, OmegaConf
 
 from voszoo.cli_common import hydra_entry, prepare_data
 
-__all__ = ["COLUMNS", "failed_rows", "format_markdown", "main", "published_rows", "run_benchmark", "write_plot"]
+__all__ = [
+    "COLUMNS",
+    "failed_rows",
+    "format_markdown",
+    "main",
+    "published_rows",
+    "run_benchmark",
+    "user_search_path",
+    "write_plot",
+]
 
 logger = logging.getLogger("voszoo.bench")
 
@@ -97,7 +106,7 @@ def _run_baseline(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str
     return evaluate_predictor(CopyFirstFrame(), collection, out_dir, workers=int(cfg.workers), overwrite=True)
 
 
-def _prepare_pretrained(entries: Any) -> None:
+def _prepare_pretrained(entries: Any, search_path: list[str]) -> None:
     """Build the ToyVOS pre-training the training entries need (``weights: toyvos``) here, with its progress bar in
     view, rather than silently inside the first child run's log. An entry that does not compose is left to fail as
     its own row."""
@@ -108,7 +117,7 @@ def _prepare_pretrained(entries: Any) -> None:
         if "train" not in entry:
             continue
         try:
-            model_cfg = compose_config("train", [str(o) for o in entry.train]).model
+            model_cfg = compose_config("train", [*_search_path_override(search_path), *map(str, entry.train)]).model
         except Exception as error:  # noqa: BLE001 - reported by the entry's own run
             logger.warning("entry %s: cannot compose its config to look for weights: toyvos (%s)", entry.name, error)
             continue
@@ -136,26 +145,56 @@ def _data_overrides(cfg: DictConfig) -> list[str]:
     return overrides
 
 
-def _run_child(module: str, overrides: list[str], out_dir: Path, *, log_name: str, what: str) -> dict[str, Any]:
+def user_search_path() -> list[str]:
+    """The config folders this Hydra app was given on top of voszoo's own (``--config-dir``, ``hydra.searchpath``),
+    as search path entries (``file:///abs/dir``, ``pkg://module``); the children of the board get them too, so that
+    an entry may name one's own presets."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    sources = HydraConfig.get().runtime.config_sources
+    added = [s for s in sources if s.provider == "command-line" or s.provider.startswith("hydra.searchpath")]
+    return [f"{source.schema}://{source.path}" for source in added]
+
+
+def _search_path_override(search_path: list[str]) -> list[str]:
+    return [f"hydra.searchpath=[{','.join(repr(entry) for entry in search_path)}]"] if search_path else []
+
+
+def _run_child(
+    module: str, overrides: list[str], out_dir: Path, *, log_name: str, what: str, search_path: list[str]
+) -> dict[str, Any]:
     """Run ``python -m <module>`` (a voszoo Hydra app) with ``overrides`` into ``out_dir``; its ``metrics.json``."""
-    command = [sys.executable, "-m", module, *overrides, f"hydra.run.dir={out_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        module,
+        *_search_path_override(search_path),
+        *overrides,
+        f"hydra.run.dir={out_dir}",
+    ]
     _run_logged(command, out_dir / log_name, what)
     return json.loads((out_dir / "metrics.json").read_text())
 
 
-def _run_training(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def _run_training(entry: DictConfig, cfg: DictConfig, out_dir: Path, search_path: list[str]) -> dict[str, Any]:
     overrides = [*_data_overrides(cfg), f"seed={cfg.seed}", *(str(o) for o in entry.train)]
-    return _run_child("voszoo.train", overrides, out_dir, log_name="train.log", what="voszoo-train")
+    return _run_child(
+        "voszoo.train", overrides, out_dir, log_name="train.log", what="voszoo-train", search_path=search_path
+    )
 
 
-def _run_evaluation(entry: DictConfig, cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def _run_evaluation(entry: DictConfig, cfg: DictConfig, out_dir: Path, search_path: list[str]) -> dict[str, Any]:
     given = [str(o) for o in entry.evaluate]
     if not any(o.split("=", 1)[0].lstrip("+") == "checkpoint" for o in given):
         # random weights would give a meaningless score that looks like a result
         raise ValueError(f"entry {entry.name!r}: 'evaluate' needs a checkpoint=<path> override (got {given})")
     # The entry's folder belongs to this benchmark run: an earlier run's results there are replaced.
     overrides = [*_data_overrides(cfg), f"workers={int(cfg.workers)}", "overwrite=true", *given]
-    return _run_child("voszoo.evaluate", overrides, out_dir, log_name="eval.log", what="voszoo-eval")
+    return _run_child(
+        "voszoo.evaluate", overrides, out_dir, log_name="eval.log", what="voszoo-eval", search_path=search_path
+    )
 
 
 def _entry_kind(entry: DictConfig) -> str:
@@ -181,12 +220,18 @@ def _fast_path_flags(fast_paths: DictConfig | None) -> list[str]:
     return flags
 
 
-def _profile_source(entry: DictConfig, out_dir: Path) -> list[str]:
+def _profile_source(entry: DictConfig, out_dir: Path, search_path: list[str]) -> list[str]:
     """``voszoo.profiling`` arguments naming the entry's model: the run config its child process wrote in
-    ``out_dir`` (train / evaluate), or the preset and overrides of a ``cost_only`` entry."""
+    ``out_dir`` (train / evaluate), or the preset and overrides of a ``cost_only`` entry (found in the board's own
+    config folders too)."""
     if entry.get("cost_only"):
         overrides = [str(o) for o in entry.get("overrides") or []]
-        return [str(entry.cost_only), *(arg for o in overrides for arg in ("--override", o))]
+        folders = [item.removeprefix("file://") for item in search_path if item.startswith("file://")]
+        return [
+            str(entry.cost_only),
+            *(arg for o in overrides for arg in ("--override", o)),
+            *(arg for folder in folders for arg in ("--config-dir", folder)),
+        ]
     config = out_dir / ".hydra" / "config.yaml"
     if not config.is_file():
         raise RuntimeError(f"profiling: the run wrote no config at {config}")
@@ -280,7 +325,8 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
     output_dir = Path(output_dir)
     prepare_data(cfg.data)
     published = _published_for(cfg)  # read before hours of training: a broken file fails now
-    _prepare_pretrained(cfg.entries)
+    search_path = user_search_path()
+    _prepare_pretrained(cfg.entries, search_path)
     profile = cfg.get("profile")
     profiling = profile is not None and bool(profile.get("enabled", True))
     rows: list[dict[str, Any]] = []
@@ -297,10 +343,10 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
             if kind == "baseline":
                 result = _run_baseline(entry, cfg, entry_dir)
             elif kind == "train":
-                result = _run_training(entry, cfg, entry_dir)
+                result = _run_training(entry, cfg, entry_dir, search_path)
                 row["train data"] = f"{cfg.data.name} train"
             elif kind == "evaluate":
-                result = _run_evaluation(entry, cfg, entry_dir)
+                result = _run_evaluation(entry, cfg, entry_dir, search_path)
                 row["train data"] = "checkpoint"
             elif not profiling:
                 raise ValueError(f"entry {entry.name!r}: 'cost_only' needs profile.enabled: true")
@@ -308,7 +354,7 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
             row["eval fps"] = result.get("fps")
             row["train steps"] = result.get("steps")
             if kind != "baseline" and profiling:
-                source = _profile_source(entry, entry_dir)
+                source = _profile_source(entry, entry_dir, search_path)
                 costs = _run_profile(profile, entry_dir, cfg.get("fast_paths"), source=source)
                 row.update({k: costs.get(k) for k in ("params", "macs_per_frame", "fps", "peak_mem_mb", "device")})
             row["status"] = "ok (cost only)" if kind == "cost_only" else "ok"

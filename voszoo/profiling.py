@@ -301,7 +301,7 @@ def _load_model_config(args: argparse.Namespace) -> Any:
     from voszoo.models.registry import compose_model_config
 
     if args.config is None:
-        return compose_model_config(args.model, args.override)
+        return compose_model_config(args.model, args.override, config_dir=args.config_dir or None)
     path = Path(args.config)
     if not path.is_file():
         raise ValueError(f"--config {path}: no such file")
@@ -326,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", nargs="?", help="model preset name (see voszoo.list_models()); or use --config")
     parser.add_argument("--config", help="YAML file: a run's .hydra/config.yaml (its 'model' node) or a model node")
     parser.add_argument("--override", action="append", default=[], help="model config override key=value (repeat)")
+    parser.add_argument(
+        "--config-dir", action="append", default=[], help="a folder of your own presets (<dir>/model/<name>.yaml)"
+    )
     parser.add_argument("--size", type=int, nargs=2, default=(480, 854), metavar=("H", "W"), help="frame size")
     parser.add_argument("--frames", type=int, default=3, help="frames of the timed session (first = reference)")
     parser.add_argument("--objects", type=int, default=2, help="objects in the reference frame")

@@ -26,7 +26,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from voszoo.cli_common import config_float, config_int, evaluate_model, hydra_entry, prepare_data, resolve_device
 
-__all__ = ["build_run", "check_train_config", "find_interrupted_run", "main", "resume_command", "train"]
+__all__ = [
+    "build_loggers",
+    "build_run",
+    "check_train_config",
+    "find_interrupted_run",
+    "main",
+    "resume_command",
+    "train",
+]
 
 logger = logging.getLogger("voszoo.train")
 
@@ -50,13 +58,7 @@ def train(cfg: DictConfig, output_dir: str | Path, *, overrides: Sequence[str] |
     ``overrides``: the command line's Hydra overrides, to log the exact resume command (None: not logged).
     With ``resume=auto`` the run may continue in an earlier run's folder (:func:`find_interrupted_run`).
     """
-    from voszoo.engine import (
-        EvalHook,
-        Trainer,
-        TrainingTerminated,
-        WandbHook,
-        destroy_distributed,
-    )
+    from voszoo.engine import EvalHook, Trainer, TrainingTerminated, destroy_distributed
     from voszoo.evaluation.pipeline import write_metrics
     from voszoo.instantiate import build
     from voszoo.pretrain import prepare_pretrained
@@ -70,16 +72,14 @@ def train(cfg: DictConfig, output_dir: str | Path, *, overrides: Sequence[str] |
             "resume=auto: continuing the interrupted run of this config in %s (this log: %s)", earlier, output_dir
         )
         output_dir = earlier
+    loggers = build_loggers(cfg.logger)  # first: a missing optional package fails before data and pre-training
     prepare_data(cfg.data)
     prepare_pretrained(cfg.model)  # weights: toyvos is pre-trained once per machine, on first use
     run = build_run(cfg)
     model, dataset, optimizer, schedule = run["model"], run["dataset"], run["optimizer"], run["schedule"]
     trainer_args = run["args"]
 
-    hooks: list[Any] = []
-    if cfg.logger.get("wandb"):
-        wandb_cfg = OmegaConf.to_container(cfg.logger.wandb, resolve=True)
-        hooks.append(WandbHook(config=OmegaConf.to_container(cfg, resolve=True), **wandb_cfg))
+    hooks: list[Any] = list(loggers)
     eval_collection = build(cfg.data.eval, key="data.eval") if cfg.evaluate else None
 
     def evaluate(model_to_score: Any, tag: str) -> dict[str, Any]:
@@ -113,33 +113,69 @@ def train(cfg: DictConfig, output_dir: str | Path, *, overrides: Sequence[str] |
         **trainer_args,
     )
     command = resume_command(output_dir, overrides=overrides) if overrides is not None else None
+    finished = False
     with trainer.hold_output_dir():  # no second writer until metrics.json is written
         if command is not None and trainer.is_main:
             logger.info("to resume this run if it stops: %s", command)
         try:
-            last = trainer.fit(resume=cfg.resume)
-        except (KeyboardInterrupt, TrainingTerminated):
-            if command is not None and trainer.is_main:
-                logger.warning("interrupted at step %d; resume with: %s", trainer.step, command)
-            raise
-        metrics: dict[str, Any] = {
-            "model": str(cfg.model.name),
-            "data": str(cfg.data.name),
-            "steps": trainer.step,
-            "checkpoint": str(output_dir / "last.pt"),
-            "train_loss": last.get("loss"),
-        }
-        if trainer.is_main and eval_collection is not None:
-            scores = evaluate(trainer.model, "final")
-            metrics.update(_scores(scores))
-            metrics["fps"] = scores["fps"]
-            if trainer.ema_model is not None:
-                metrics.update({f"ema/{k}": v for k, v in _scores(evaluate(trainer.ema_model, "ema")).items()})
-        if trainer.is_main:
-            write_metrics(output_dir, metrics)
-            logger.info("metrics: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+            try:
+                last = trainer.fit(resume=cfg.resume)
+            except (KeyboardInterrupt, TrainingTerminated):
+                if command is not None and trainer.is_main:
+                    logger.warning("interrupted at step %d; resume with: %s", trainer.step, command)
+                raise
+            metrics: dict[str, Any] = {
+                "model": str(cfg.model.name),
+                "data": str(cfg.data.name),
+                "steps": trainer.step,
+                "checkpoint": str(output_dir / "last.pt"),
+                "train_loss": last.get("loss"),
+            }
+            if trainer.is_main and eval_collection is not None:
+                scores = evaluate(trainer.model, "final")
+                metrics.update(_scores(scores))
+                metrics["fps"] = scores["fps"]
+                if trainer.ema_model is not None:
+                    metrics.update({f"ema/{k}": v for k, v in _scores(evaluate(trainer.ema_model, "ema")).items()})
+                trainer.log(_final_record(metrics))  # metrics.jsonl and every logger, at the last step
+            if trainer.is_main:
+                for hook in loggers:
+                    hook.log_checkpoint(trainer, output_dir / "last.pt")
+                write_metrics(output_dir, metrics)
+                logger.info("metrics: %s", {k: v for k, v in metrics.items() if not isinstance(v, dict)})
+            finished = True
+        finally:
+            for hook in loggers:  # closed here, not after fit(): the final scores above must reach them
+                hook.close(success=finished)
     destroy_distributed()
     return metrics
+
+
+def build_loggers(cfg: DictConfig) -> list[Any]:
+    """The metric loggers of the ``logger`` config node: one :class:`~voszoo.engine.loggers.LoggerHook` per
+    non-empty entry, built from its ``_target_`` (``logger=[console,wandb]`` composes ``{console: {}, wandb:
+    {_target_: ...}}``; the console is the trainer's own and builds nothing). They stay open after training:
+    :func:`train` closes them once the final scores are logged."""
+    from voszoo.engine.loggers import LoggerHook
+    from voszoo.instantiate import ConfigError, build
+
+    loggers = []
+    for name, node in cfg.items():
+        if not node:
+            continue
+        hook = build(node, key=f"logger.{name}")
+        if not isinstance(hook, LoggerHook):
+            raise ConfigError(f"logger.{name} built a {type(hook).__name__}, which is not a voszoo LoggerHook")
+        hook.close_after_train = False
+        loggers.append(hook)
+    return loggers
+
+
+def _final_record(metrics: dict[str, Any]) -> dict[str, float]:
+    """The final scores as the periodic evaluations log them (``eval/J&F``, ``eval_ema/J&F``, ...)."""
+    record = {f"eval/{k}": float(metrics[k]) for k in ("J&F", "J", "F", "fps") if k in metrics}
+    record.update({f"eval_ema/{k}": float(metrics[f"ema/{k}"]) for k in ("J&F", "J", "F") if f"ema/{k}" in metrics})
+    return record
 
 
 def resume_command(run_dir: str | Path, *, overrides: Sequence[str]) -> str:

@@ -4,7 +4,8 @@ groups and schedules, EMA, checkpoints, DDP helpers and hooks. See ``docs/traini
 from voszoo.engine.checkpoint import CheckpointError, load_model_weights, read_checkpoint
 from voszoo.engine.distributed import destroy_distributed, init_distributed
 from voszoo.engine.ema import ModelEMA
-from voszoo.engine.hooks import CheckpointHook, ConsoleHook, EvalHook, Hook, WandbHook
+from voszoo.engine.hooks import CheckpointHook, ConsoleHook, EvalHook, Hook
+from voszoo.engine.loggers import CsvHook, LoggerHook, TensorBoardHook, WandbHook
 from voszoo.engine.optim import (
     ConstantSchedule,
     PolyWarmupSchedule,
@@ -30,7 +31,10 @@ __all__ = [
     "ConsoleHook",
     "CheckpointHook",
     "EvalHook",
+    "LoggerHook",
     "WandbHook",
+    "TensorBoardHook",
+    "CsvHook",
     "CheckpointError",
     "read_checkpoint",
     "load_model_weights",

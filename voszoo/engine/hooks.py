@@ -4,16 +4,15 @@ A hook overrides any of ``before_train(trainer)``, ``after_step(trainer, metrics
 step's metrics, on every process), ``on_log(trainer, step, metrics)`` (whenever the trainer logs metrics, main
 process only) and ``after_train(trainer)`` (always, also after an error or interrupt; ``trainer.completed`` tells
 whether the run reached ``max_steps``). Hooks run in the order given to the trainer, after the trainer's own
-:class:`ConsoleHook` and :class:`CheckpointHook`.
+:class:`ConsoleHook` and :class:`CheckpointHook`. The metric loggers (wandb, TensorBoard, CSV) are hooks too, in
+:mod:`voszoo.engine.loggers`.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -27,7 +26,7 @@ from voszoo.engine.seed import get_rng_state, set_rng_state
 if TYPE_CHECKING:
     from voszoo.engine.trainer import Trainer
 
-__all__ = ["Hook", "ConsoleHook", "CheckpointHook", "EvalHook", "WandbHook"]
+__all__ = ["Hook", "ConsoleHook", "CheckpointHook", "EvalHook"]
 
 logger = logging.getLogger(__name__)
 
@@ -167,61 +166,3 @@ class EvalHook(Hook):
                 self.run(trainer)
         elif trainer.step % self.every == 0:
             self.run(trainer)
-
-
-class WandbHook(Hook):
-    """Log metrics to Weights & Biases (main process). ``mode="offline"`` (default) writes under the run
-    directory for a later ``wandb sync``; ``"online"`` uploads. wandb is optional: ``pip install 'voszoo[wandb]'``.
-
-    A resumed run continues the same wandb run (its id is kept in ``<output_dir>/wandb_run_id``).
-    """
-
-    def __init__(
-        self,
-        project: str,
-        *,
-        mode: str = "offline",
-        name: str | None = None,
-        entity: str | None = None,
-        tags: list[str] | tuple[str, ...] = (),
-        config: Mapping[str, Any] | None = None,
-    ) -> None:
-        if mode not in ("offline", "online", "disabled"):
-            raise ValueError(f"WandbHook: mode must be 'offline', 'online' or 'disabled', got {mode!r}")
-        try:
-            self._wandb = importlib.import_module("wandb")
-        except ImportError as error:
-            raise ImportError(
-                "WandbHook needs the optional dependency wandb: pip install 'voszoo[wandb]' "
-                "(or run without the wandb logger)"
-            ) from error
-        self.project, self.mode, self.name, self.entity, self.tags = project, mode, name, entity, list(tags)
-        self.config = dict(config) if config is not None else None
-        self._run: Any = None
-
-    def before_train(self, trainer: Trainer) -> None:
-        if not trainer.is_main:
-            return
-        id_file = Path(trainer.output_dir) / "wandb_run_id"
-        run_id = id_file.read_text().strip() if id_file.is_file() else self._wandb.util.generate_id()
-        id_file.write_text(run_id)
-        self._run = self._wandb.init(
-            project=self.project,
-            entity=self.entity,
-            name=self.name,
-            tags=self.tags,
-            mode=self.mode,
-            dir=str(trainer.output_dir),
-            config=self.config if self.config is not None else trainer.config,
-            id=run_id,
-            resume="allow",
-        )
-
-    def on_log(self, trainer: Trainer, step: int, metrics: Mapping[str, float]) -> None:
-        if self._run is not None:
-            self._run.log(dict(metrics), step=step)
-
-    def after_train(self, trainer: Trainer) -> None:
-        if self._run is not None:
-            self._run.finish(exit_code=0 if trainer.completed else 1)
-            self._run = None

@@ -12,7 +12,7 @@ from voszoo.data.io import VOSDataError
 from voszoo.data.video import VideoCollection, VideoSource
 from voszoo.errors import UserError, naming_file
 from voszoo.evaluation.sharding import EvalGroup, ShardedEvaluationError, balanced_shards, gather_from_ranks
-from voszoo.inference.predict import PredictionStats, VideoPredictor, predict_collection
+from voszoo.inference.predict import PredictionStats, VideoPredictor, log_video_done, predict_collection
 
 __all__ = [
     "OutputFolderError",
@@ -251,15 +251,26 @@ def _evaluate_sharded(
         unit="video",
         disable=None if show else True,
     )
-    for name in bar:
+    for index, name in enumerate(bar, start=1):
         try:
-            one = predict_collection(predictor, collection, out_dir / "predictions", sequences=[name], progress=False)
+            one = predict_collection(
+                predictor, collection, out_dir / "predictions", sequences=[name], progress=False, log_videos=False
+            )
         except Exception as error:  # noqa: BLE001 - sent to every rank, then re-raised below
             failure = error
             report["error"] = f"video {name!r}: {type(error).__name__}: {error}"
             break
         stats.frames.update(one.frames)
         stats.seconds.update(one.seconds)
+        if group.is_main:  # rank 0's share stands for the progress of all, as its bar does
+            log_video_done(
+                f"{predictor.name} (rank 0 of {group.world_size})",
+                index=index,
+                total=len(mine),
+                name=name,
+                frames=one.frames[name],
+                seconds=one.seconds[name],
+            )
     report.update(frames=stats.frames, seconds=stats.seconds)
     reports = gather_from_ranks(group, report, what="to finish predicting")
     errors = [f"rank {rank}: {other['error']}" for rank, other in enumerate(reports) if "error" in other]

@@ -1,5 +1,9 @@
 """Models are registered by their config files: ``conf/model/<name>.yaml``. Nothing registers at import.
 
+Your own presets live in a folder of yours laid out like ``conf/`` (``<dir>/model/my_stm.yaml``, which may extend a
+voszoo preset through its defaults list): the command-line tools find it through Hydra's ``--config-dir <dir>`` (or
+``hydra.searchpath``), the functions below through ``config_dir=<dir>``. See docs/own_presets.md.
+
 A model config node is the constructor node of the model (``_target_`` plus keyword arguments, nested nodes for the
 built submodules) with reserved keys that are not constructor arguments:
 
@@ -10,7 +14,10 @@ built submodules) with reserved keys that are not constructor arguments:
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from hydra.errors import ConfigCompositionException
@@ -26,11 +33,40 @@ __all__ = [
     "create_model",
     "list_components",
     "list_models",
+    "search_path_overrides",
+    "user_config_dirs",
     "weights_nodes",
     "without_weights",
 ]
 
 RESERVED_MODEL_KEYS = ("name", "memory")
+
+ConfigDirs = str | os.PathLike | Sequence[str | os.PathLike] | None
+"""A folder of one's own configs, several, or None (voszoo's own only)."""
+
+
+def user_config_dirs(config_dir: ConfigDirs) -> list[Path]:
+    """``config_dir`` as a list of absolute folders, each checked to exist."""
+    if config_dir is None:
+        return []
+    given = [config_dir] if isinstance(config_dir, (str, os.PathLike)) else list(config_dir)
+    folders = [Path(folder).expanduser().resolve() for folder in given]
+    for original, folder in zip(given, folders, strict=True):
+        if not folder.is_dir():
+            raise ValueError(f"config_dir {str(original)!r}: no such folder ({folder})")
+    return folders
+
+
+def search_path_overrides(config_dir: ConfigDirs) -> list[str]:
+    """The Hydra override that adds ``config_dir`` to the config search path (what ``--config-dir`` does)."""
+    folders = user_config_dirs(config_dir)
+    return [f"hydra.searchpath=[{','.join(repr(f'file://{folder}') for folder in folders)}]"] if folders else []
+
+
+def _model_dirs(config_dir: ConfigDirs) -> list[Path]:
+    from voszoo._paths import conf_dir
+
+    return [conf_dir() / "model", *(folder / "model" for folder in user_config_dirs(config_dir))]
 
 
 def build_model(cfg: DictConfig | dict[str, Any]) -> Any:
@@ -54,43 +90,44 @@ def build_memory_policy(cfg: DictConfig | dict[str, Any], **overrides: Any) -> A
     return build(cfg.memory, key="model.memory", **overrides)
 
 
-def list_models() -> list[str]:
-    """Names of the model presets: the files ``conf/model/<name>.yaml``."""
-    from voszoo._paths import conf_dir
-
-    return sorted(path.stem for path in (conf_dir() / "model").glob("*.yaml"))
+def list_models(*, config_dir: ConfigDirs = None) -> list[str]:
+    """Names of the model presets: the files ``conf/model/<name>.yaml``, and ``<config_dir>/model/<name>.yaml``."""
+    return sorted({path.stem for root in _model_dirs(config_dir) for path in root.glob("*.yaml")})
 
 
-def list_components(slot: str) -> list[str]:
-    """Names of the components that can fill ``slot`` (a folder of ``conf/model``, e.g. ``"memory"``)."""
-    from voszoo._paths import conf_dir
-
-    root = conf_dir() / "model"
-    slots = sorted(path.name for path in root.iterdir() if path.is_dir())
+def list_components(slot: str, *, config_dir: ConfigDirs = None) -> list[str]:
+    """Names of the components that can fill ``slot`` (a folder of ``conf/model``, e.g. ``"memory"``), with those
+    in ``<config_dir>/model/<slot>``."""
+    roots = _model_dirs(config_dir)
+    slots = sorted({path.name for root in roots if root.is_dir() for path in root.iterdir() if path.is_dir()})
     if slot not in slots:
         raise ValueError(f"unknown component slot {slot!r}; valid slots: {', '.join(slots)}")
-    return sorted(path.stem for path in (root / slot).glob("*.yaml"))
+    return sorted({path.stem for root in roots for path in (root / slot).glob("*.yaml")})
 
 
-def compose_model_config(name: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+def compose_model_config(
+    name: str, overrides: list[str] | tuple[str, ...] = (), *, config_dir: ConfigDirs = None
+) -> DictConfig:
     """The composed config node of model preset ``name`` with Hydra overrides relative to the model node
-    (``"decoder.mid_channels=128"``, ``"memory=fixed_count"``, ``"backbone@query_encoder=resnet18"``).
+    (``"decoder.mid_channels=128"``, ``"memory=fixed_count"``, ``"backbone@query_encoder=resnet18"``);
+    ``config_dir``: folder(s) of one's own configs, searched as ``--config-dir`` would be.
 
     Uses Hydra's compose API without leaving global state behind, and restores a caller's own Hydra instance.
     """
-    from voszoo._paths import conf_dir
     from voszoo.hydra_compose import compose_config
 
-    valid = list_models()
+    valid = list_models(config_dir=config_dir)
     if name not in valid:
-        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(valid)}")
-    hydra_overrides = [f"+model={name}"]
+        hint = "" if config_dir is not None else " (a preset of your own: pass config_dir=<the folder holding model/>)"
+        raise ValueError(f"unknown model {name!r}; valid models: {', '.join(valid)}{hint}")
+    hydra_overrides = [*search_path_overrides(config_dir), f"+model={name}"]
+    model_dirs = _model_dirs(config_dir)
     for override in overrides:
         key, sep, value = override.partition("=")
         if not sep:
             raise ValueError(f"override {override!r} must have the form key=value")
         group_key = key.split("@")[0]
-        is_group = "." not in group_key and (conf_dir() / "model" / group_key).is_dir()
+        is_group = "." not in group_key and any((root / group_key).is_dir() for root in model_dirs)
         hydra_overrides.append(f"model/{key}={value}" if is_group else f"model.{key}={value}")
     try:
         cfg = compose_config(None, hydra_overrides)
@@ -133,11 +170,15 @@ def _raise_missing_slot(name: str, error: Exception) -> None:
     ) from error
 
 
-def create_model(name: str, *, overrides: list[str] | tuple[str, ...] = (), **values: Any) -> Any:
+def create_model(
+    name: str, *, overrides: list[str] | tuple[str, ...] = (), config_dir: ConfigDirs = None, **values: Any
+) -> Any:
     """Build model preset ``name``; keyword ``values`` override model config keys (``create_model("stm",
-    **{"decoder.mid_channels": 128})``), ``overrides`` are Hydra override strings relative to the model node."""
+    **{"decoder.mid_channels": 128})``), ``overrides`` are Hydra override strings relative to the model node,
+    ``config_dir`` a folder of your own configs (``create_model("my_stm", config_dir="myconf")`` reads
+    ``myconf/model/my_stm.yaml``)."""
     extra = [f"{key}={_override_value(value)}" for key, value in values.items()]
-    return build_model(compose_model_config(name, [*overrides, *extra]))
+    return build_model(compose_model_config(name, [*overrides, *extra], config_dir=config_dir))
 
 
 def _override_value(value: Any) -> str:
