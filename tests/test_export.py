@@ -1,13 +1,15 @@
 """torch.export with dynamic H and W: AOT's LSTT (default tiled local attention) and STM's memory read export once and
-run at other sizes, matching eager. Sizes below, at and above the local-attention tile (8) are in the range."""
+run at other sizes, matching eager. Sizes below, at and above the local-attention tile (8) are in the range. With
+``voszoo[onnx]`` installed, the local attention also goes through ``torch.onnx.export(dynamo=True)`` and onnxruntime."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import Tensor, nn
 from torch.export import Dim, export
 
-from voszoo.layers import LSTT, SpaceTimeMemoryRead
+from voszoo.layers import LSTT, MultiheadLocalAttention, SpaceTimeMemoryRead
 from voszoo.layers.lstt import map_to_tokens, tokens_to_map
 
 H, W = Dim("H", min=2, max=64), Dim("W", min=2, max=64)
@@ -65,3 +67,30 @@ def test_memory_read_exports_with_dynamic_height_and_width() -> None:
     spatial = {3: H, 4: W}
     program = export(reader, inputs(6, 9), dynamic_shapes=(spatial, spatial, {2: H, 3: W}, {2: H, 3: W}))
     _check_sizes(program.module(), reader, inputs, [(4, 5), (13, 11), (2, 64)])
+
+
+@torch.no_grad()
+def test_local_attention_onnx_export_runs_at_other_sizes(tmp_path) -> None:
+    """The ONNX route of docs/export.md (``pip install voszoo[onnx]``; skipped without it): the default tiled local
+    attention exported with dynamic H, W runs in onnxruntime at sizes with other tile counts than the example's."""
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    attention = MultiheadLocalAttention(d_model=16, num_heads=2, window_size=5).eval()
+    nn.init.normal_(attention.relative_emb_v)  # official init is zeros: make the relative-value term count
+
+    def inputs(h: int, w: int) -> tuple[Tensor, Tensor, Tensor]:
+        return torch.randn(1, 16, h, w), torch.randn(1, 16, h, w), torch.randn(1, 16, h, w)
+
+    spatial = {2: H, 3: W}
+    program = torch.onnx.export(
+        attention, inputs(12, 10), dynamo=True, dynamic_shapes=(spatial, spatial, spatial), verbose=False
+    )
+    path = tmp_path / "local_attention.onnx"
+    program.save(str(path))
+    session = ort.InferenceSession(str(path))
+    names = [i.name for i in session.get_inputs()]
+    for size in [(5, 7), (17, 9), (30, 54)]:
+        q, k, v = inputs(*size)
+        (out,) = session.run(None, dict(zip(names, (q.numpy(), k.numpy(), v.numpy()), strict=True)))
+        torch.testing.assert_close(torch.from_numpy(out), attention(q, k, v), atol=1e-5, rtol=1e-4, msg=f"{size}")

@@ -242,7 +242,9 @@ def _tile_geometry(size: int, tile_size: int) -> tuple[int, int]:
     if isinstance(size, int):
         tile = min(tile_size, size)
         return tile, -(-size // tile)
-    return tile_size, torch.sym_max(-(-size // tile_size), 2)
+    # ceil as (size + tile - 1) // tile, not -(-size // tile): the ONNX exporter turns a SymInt floor division into
+    # ONNX Div, which truncates, so a negative dividend would round the wrong way in the .onnx graph.
+    return tile_size, torch.sym_max((size + tile_size - 1) // tile_size, 2)
 
 
 def _gather_positions(x: Tensor, index: Tensor, *, pad_value: float | bool = 0) -> Tensor:
