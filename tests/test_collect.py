@@ -1,17 +1,18 @@
-"""benchmarks/collect.py on a synthetic Hydra multirun folder: rows, Markdown, CSV, JSON, failed jobs, errors."""
+"""voszoo-collect (voszoo.collect) on a synthetic Hydra multirun folder: rows, Markdown, CSV, JSON, failed jobs,
+errors; the benchmarks/collect.py shim."""
 
 import csv
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from voszoo import collect
 from voszoo.data.io import VOSDataError
 
-_SPEC = importlib.util.spec_from_file_location("collect", Path(__file__).parents[1] / "benchmarks" / "collect.py")
-collect = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(collect)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def make_job(root: Path, num: str, overrides: list[str], metrics: dict | None) -> None:
@@ -117,3 +118,15 @@ def test_unreadable_metrics_and_bad_overrides(tmp_path):
 def test_parse_overrides():
     parsed = collect.parse_overrides(["model=aot_t", "+a.b=[1,2]", "++c=x=y", "~d"])
     assert parsed == {"model": "aot_t", "a.b": "[1,2]", "c": "x=y", "~d": ""}
+
+
+def test_benchmarks_collect_py_is_the_same_command(sweep):
+    """The old ``python benchmarks/collect.py`` keeps working as a shim of voszoo-collect."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "collect.py"), str(sweep), "--no-write", "--sort", "J&F"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == collect.to_markdown(collect.collect(sweep, sort="J&F"))

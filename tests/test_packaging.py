@@ -1,4 +1,5 @@
-"""The wheel ships the config tree as voszoo/conf, so an installed voszoo finds it from any directory."""
+"""The wheel ships the config tree as voszoo/conf (an installed voszoo finds it from any directory), the papers'
+published numbers, the py.typed marker and every console script, voszoo-collect included."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ def test_wheel_contains_the_config_tree_and_entry_points(tmp_path: Path) -> None
     assert "voszoo/models/stm.py" in names and not any(n.startswith("tests/") for n in names)
     bundled = {p.relative_to(ROOT).as_posix() for p in (ROOT / "voszoo" / "pretraining" / "bundled").glob("*.pt")}
     assert bundled and bundled <= names  # weights: toyvos works from a fresh install, with no pre-training run
+    assert {"voszoo/resources/published.yaml", "voszoo/py.typed", "voszoo/collect.py"} <= names
     scripts = ("voszoo-train", "voszoo-pretrain", "voszoo-eval", "voszoo-bench", "voszoo-score", "voszoo-toyvos")
     for script in (*scripts, "voszoo-pack-ytvos"):
         assert f"{script} = " in entry_points
+    assert "voszoo-collect = voszoo.collect:main" in entry_points

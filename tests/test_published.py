@@ -1,13 +1,14 @@
-"""voszoo.published.load_published: the shipped benchmarks/published.yaml loads; malformed rows fail by name."""
+"""voszoo.published.load_published: the shipped voszoo/resources/published.yaml loads (also as the default);
+malformed rows fail by name."""
 
 from pathlib import Path
 
 import pytest
 
 from voszoo.data.io import VOSDataError
-from voszoo.published import load_published
+from voszoo.published import load_published, shipped_published_file
 
-SHIPPED = Path(__file__).parents[1] / "benchmarks" / "published.yaml"
+SHIPPED = Path(__file__).parents[1] / "voszoo" / "resources" / "published.yaml"
 
 GOOD_ROW = """\
   - paper: X (2020)
@@ -44,6 +45,7 @@ def test_shipped_file_loads_with_the_papers_numbers():
     batman = [r for r in rows if r["method"] == "BATMAN" and r["split"] == "test-dev"]
     assert batman[0]["J&F"] == 82.2 and batman[0]["youtube_vos"] is True
     assert all(r["table"].startswith("Table ") for r in rows)
+    assert shipped_published_file() == SHIPPED and load_published() == rows  # the package copy is the default
 
 
 def test_valid_minimal_row_gets_optional_keys(tmp_path):

@@ -28,11 +28,17 @@ def list_components(slot: str, *, config_dir: Any = None) -> list[str]:
 
 
 def create_model(
-    name: str, *, overrides: list[str] | tuple[str, ...] = (), config_dir: Any = None, **values: Any
+    name: str,
+    *,
+    weights: Any = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    config_dir: Any = None,
+    **values: Any,
 ) -> Any:
-    """Build model preset ``name`` with random weights; ``config_dir``: a folder of your own presets
-    (``<config_dir>/model/<name>.yaml``, as ``--config-dir`` on the command line). See
+    """Build model preset ``name``; ``weights``: None (random), ``"toyvos"`` (the ToyVOS pre-trained ResNet encoders)
+    or a checkpoint path (an official STM/AOT checkpoint, converted strictly, or a voszoo one); ``config_dir``: a
+    folder of your own presets (``<config_dir>/model/<name>.yaml``, as ``--config-dir`` on the command line). See
     :func:`voszoo.models.registry.create_model`."""
     from voszoo.models.registry import create_model as _create_model
 
-    return _create_model(name, overrides=overrides, config_dir=config_dir, **values)
+    return _create_model(name, weights=weights, overrides=overrides, config_dir=config_dir, **values)

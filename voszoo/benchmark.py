@@ -13,8 +13,8 @@ Each entry is one of (one key each):
 Every model entry is then profiled in a fresh process (``python -m voszoo.profiling``, see
 :mod:`voszoo.profiling`): parameters, MACs of one inference step, FPS and peak memory at ``profile.size`` (480p by
 default). With ``published: true`` the papers' results for the board's dataset and split
-(``benchmarks/published.yaml``) are added as rows whose ``source`` says ``published (paper, table)``; measured rows
-say ``measured (here)``. ToyVOS has no published rows.
+(``voszoo/resources/published.yaml``, shipped with the package) are added as rows whose ``source`` says
+``published (paper, table)``; measured rows say ``measured (here)``. ToyVOS has no published rows.
 
 Results go to ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json`` and (when matplotlib is installed)
 ``leaderboard.png`` (J&F against FPS) in the output dir, and the table is printed. A failing entry is reported as a
@@ -84,7 +84,7 @@ _HEADERS = {
     "peak_mem_mb": "peak mem (MB)",
     "eval fps": "eval FPS",
 }
-# voszoo data config name -> dataset name in benchmarks/published.yaml (None: no published results exist)
+# voszoo data config name -> dataset name in voszoo/resources/published.yaml (None: no published results exist)
 PUBLISHED_DATASETS = {
     "toyvos": None,
     "davis2016": "DAVIS 2016",
@@ -262,8 +262,9 @@ def _training_data(row: dict[str, Any]) -> str:
     return f"static images: {flags[row['static_pretraining']]}, YouTube-VOS: {flags[row['youtube_vos']]}"
 
 
-def published_rows(data_name: str, split: str, *, path: str | Path) -> list[dict[str, Any]]:
-    """Leaderboard rows of the published results in ``path`` (benchmarks/published.yaml) for voszoo dataset
+def published_rows(data_name: str, split: str, *, path: str | Path | None = None) -> list[dict[str, Any]]:
+    """Leaderboard rows of the published results in ``path`` (None: the shipped voszoo/resources/published.yaml) for
+    voszoo dataset
     ``data_name`` (a ``conf/data`` name, e.g. ``davis2017``) and evaluation ``split``; [] for ToyVOS or a dataset no
     paper reports. Scores become fractions like the measured rows; ``source`` names the paper and table; ``fps`` is
     the paper's (``device``: its GPU); rows sorted by J&F, best first."""
@@ -294,13 +295,10 @@ def published_rows(data_name: str, split: str, *, path: str | Path) -> list[dict
     return sorted(rows, key=lambda row: -row["J&F"])
 
 
-def _published_file(cfg: DictConfig) -> Path | None:
-    from voszoo._paths import conf_dir
+def _published_file(cfg: DictConfig) -> Path:
+    from voszoo.published import shipped_published_file
 
-    if cfg.get("published_file"):
-        return Path(cfg.published_file)
-    default = conf_dir().parent / "benchmarks" / "published.yaml"
-    return default if default.is_file() else None
+    return Path(cfg.published_file) if cfg.get("published_file") else shipped_published_file()
 
 
 def _published_for(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -311,9 +309,6 @@ def _published_for(cfg: DictConfig) -> list[dict[str, Any]]:
         logger.info("no published results exist for %s: the board shows measured rows only", name)
         return []
     path = _published_file(cfg)
-    if path is None:
-        logger.warning("published: true, but benchmarks/published.yaml is not here (set published_file=...)")
-        return []
     return published_rows(name, str(cfg.data.eval.get("split", "val")), path=path)
 
 

@@ -43,19 +43,11 @@ def load_weights(model: Any, cfg: DictConfig) -> str:
     path = Path(cfg.checkpoint)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path}: file not found")
-    official = _official_state(path)
-    if official is not None:  # the contents already read: no second read of the file
-        kind, state = official
-        _check_official_kind(kind, path=path, model=model)
-        if kind == "stm":
-            from voszoo.models.convert import load_official_stm
+    from voszoo.models.official import load_official_checkpoint
 
-            load_official_stm(model, state, strict=True)
-        else:
-            from voszoo.models.convert_aot import load_official_aot
-
-            load_official_aot(model, state, strict=True)
-        return f"{path} (official {kind.upper()} weights)"
+    official = load_official_checkpoint(model, path)
+    if official is not None:
+        return official
     try:
         load_model_weights(model, path, model_name=str(cfg.model.name), use_ema=bool(cfg.use_ema))
     except CheckpointError as error:
@@ -67,27 +59,6 @@ def load_weights(model: Any, cfg: DictConfig) -> str:
             raise
         raise CheckpointError(f"{error}. {hint}") from error
     return str(path)
-
-
-# Official checkpoint kind -> (the voszoo class its weights fit, the presets to name).
-_OFFICIAL_KINDS = {
-    "stm": ("voszoo.models.stm.STM", "model=stm"),
-    "aot": ("voszoo.models.aot.AOT", "model=aot_t, aot_s, aot_b, aot_l or r50_aot_l, as its file name says"),
-}
-
-
-def _check_official_kind(kind: str, *, path: Path, model: Any) -> None:
-    """Raise CheckpointError if an official ``kind`` checkpoint cannot fit ``model``'s class at all (converting
-    it would list every key of both models: hundreds of lines)."""
-    from voszoo.engine.checkpoint import CheckpointError, model_class_path
-
-    fits, presets = _OFFICIAL_KINDS[kind]
-    if model_class_path(model) != fits:
-        builds = _a(type(model).__name__)
-        raise CheckpointError(
-            f"{path}: this is an official {kind.upper()} checkpoint: {presets} (this run builds {builds})",
-            hint=f"rerun with {presets}",
-        )
 
 
 def _other_method_hint(path: Path, model: Any) -> tuple[str, str] | None:
@@ -108,8 +79,9 @@ def _other_method_hint(path: Path, model: Any) -> tuple[str, str] | None:
 
 
 def _a(name: str) -> str:
-    """``name`` with its article, read as the acronyms of the methods are ("an STM", "an AOT", "a BATMAN")."""
-    return f"{'an' if name[:1] in 'AEFHILMNORSX' else 'a'} {name}"
+    from voszoo.models.official import article
+
+    return article(name)
 
 
 def model_config_hint(path: str | Path, model_cfg: DictConfig) -> str | None:
@@ -160,23 +132,6 @@ def _override_value(value: Any) -> str:
 
         return "'" + json.dumps(value).replace('"', "") + "'"
     return str(value)
-
-
-def _official_state(path: Path) -> tuple[str, dict] | None:
-    """``("stm" | "aot", contents)`` if the file is an official STM checkpoint (a plain state dict with its memory
-    key/value head names) or an official AOT one (its ``patch_wise_id_bank``, plain or under ``state_dict``), else
-    None (voszoo checkpoints, and unreadable files, which get their error from the checkpoint reader)."""
-    import torch
-
-    from voszoo.models.convert_aot import is_official_aot_state
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - see the docstring
-        return None
-    if isinstance(state, dict) and any(str(k).split("module.")[-1].startswith("KV_M_r4.") for k in state):
-        return "stm", state
-    return ("aot", state) if is_official_aot_state(state) else None
 
 
 def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Published results of the seed papers (``benchmarks/published.yaml``): loading and validation.
+"""Published results of the seed papers (``voszoo/resources/published.yaml``, shipped in the wheel as package
+data): loading and validation.
 
 The file holds one mapping per reported result under the top-level key ``results``. Scores are percentages as the
 papers print them (voszoo's own ``metrics.json`` stores J&F, J and F as fractions in [0, 1]: multiply by 100 to
@@ -18,12 +19,13 @@ the four seen/unseen scores, within :data:`ROUNDING` (the papers round each numb
 from __future__ import annotations
 
 import math
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from voszoo.data.io import VOSDataError
 
-__all__ = ["DATASETS", "ROUNDING", "SPLITS", "load_published", "validate_published"]
+__all__ = ["DATASETS", "ROUNDING", "SPLITS", "load_published", "shipped_published_file", "validate_published"]
 
 DATASETS = ("DAVIS 2016", "DAVIS 2017", "YouTube-VOS 2018", "YouTube-VOS 2019", "YouTube-VOS")
 SPLITS = ("val", "test-dev", "test-challenge")
@@ -36,14 +38,21 @@ _REQUIRED = (*_TEXT_KEYS, "dataset", "split", *_FLAG_KEYS, "J&F")
 _ALLOWED = {*_REQUIRED, *_SCORE_KEYS, "fps", "gpu", "note"}
 
 
-def load_published(path: str | Path) -> list[dict[str, Any]]:
-    """The validated rows of a published-results YAML file (see the module docstring for the keys).
+def shipped_published_file() -> Path:
+    """The published results that come with voszoo: ``published.yaml`` in the package's ``resources`` folder (the
+    same file in a source checkout, an editable install and an installed wheel)."""
+    return Path(str(resources.files("voszoo") / "resources" / "published.yaml"))
+
+
+def load_published(path: str | Path | None = None) -> list[dict[str, Any]]:
+    """The validated rows of a published-results YAML file (see the module docstring for the keys); ``path`` None
+    reads the shipped file (:func:`shipped_published_file`).
 
     Raises VOSDataError naming the file, the row (index, method, variant) and the key when anything is wrong.
     """
     import yaml  # PyYAML comes with omegaconf; plain YAML here, no interpolation
 
-    path = Path(path)
+    path = shipped_published_file() if path is None else Path(path)
     if not path.is_file():
         raise VOSDataError(f"published results file {path} does not exist")
     try:

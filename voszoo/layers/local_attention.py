@@ -33,6 +33,13 @@ Backends of :func:`local_window_attention` (all exact, same results up to float 
   scattered back and multiplied with the neighbourhood values. Never forms an HW x HW matrix; autograd works.
   Dilation d is handled exactly by splitting the map into its d^2 strided sub-grids (a dilated window of a query on
   sub-grid (a, b) only touches keys of the same sub-grid, where it is an undilated window).
+  Tiling, padding and un-tiling are gathers of precomputed index tensors (no Python branch on whether H and W fill
+  the tiles), so ``torch.export`` with symbolic H, W traces one graph valid for every size (tests/test_export.py;
+  dilation 1 only: dilation d loops over min(d, H) sub-grids). In eager mode this is as fast as the earlier
+  block-copy tiling and faster in training. Gather vs block copy, median CPU time, AOT's 30x54 grid, 8 heads x 32,
+  window 15, 1 thread, two runs: forward 94.6 vs 94.0 ms and 82.3 vs 80.7 ms (within noise), forward + backward
+  252 vs 284 ms and 254 vs 281 ms (index_select's backward is one index_add instead of many slice copies);
+  outputs bit-identical.
 - ``"unfold"``: ``F.unfold`` gathers every query's window of keys and values (window^2 copies of k and v): simple,
   memory heavy; a second implementation for cross-checks.
 - ``"flex"``: ``torch.nn.attention.flex_attention`` with a block-sparse window mask; the bias is a ``score_mod``,
@@ -224,29 +231,50 @@ def local_window_attention(
     return out
 
 
-def _to_tiles(x: Tensor, ty: int, tx: int, *, pad_value: float | bool = 0) -> Tensor:
-    """(B, h, c, H, W) -> (B, h, nty, ntx, ty * tx, c), H and W padded up to tile multiples with ``pad_value``.
+def _tile_geometry(size: int, tile_size: int) -> tuple[int, int]:
+    """(tile side, tile count) along one axis of ``size`` positions; results never depend on it.
 
-    One copy: the map is written block-wise into the tile layout (no separate padding pass).
+    A concrete size (eager, ``torch.compile`` with static shapes) gets the least padding: min(tile_size, size),
+    ceil(size / tile). A symbolic size (``torch.export`` or ``torch.compile`` with dynamic H, W) gets ``tile_size`` and
+    at least 2 tiles: a tile side min(tile_size, H) would bake H <= tile_size into the graph, and a count that can be
+    1 is a size-1 dimension, which torch specialises (0/1 specialisation). The extra tile is padding, cropped away.
     """
-    b, h, c, height, width = x.shape
-    nty, ntx = -(-height // ty), -(-width // tx)
-    fy, fx = height // ty, width // tx  # full tiles
-    ry, rx = height - fy * ty, width - fx * tx  # rows / columns of the partial last tile
-    out = x.new_empty(b, h, nty, ntx, ty, tx, c)
-    view = out.permute(0, 1, 6, 2, 4, 3, 5)  # (B, h, c, nty, ty, ntx, tx)
-    if ry:
-        view[:, :, :, fy, ry:] = pad_value
-    if rx:
-        view[:, :, :, :, :, fx, rx:] = pad_value
-    view[:, :, :, :fy, :, :fx] = x[..., : fy * ty, : fx * tx].reshape(b, h, c, fy, ty, fx, tx)
-    if ry:
-        view[:, :, :, fy, :ry, :fx] = x[..., fy * ty :, : fx * tx].reshape(b, h, c, ry, fx, tx)
-    if rx:
-        view[:, :, :, :fy, :, fx, :rx] = x[..., : fy * ty, fx * tx :].reshape(b, h, c, fy, ty, rx)
-    if ry and rx:
-        view[:, :, :, fy, :ry, fx, :rx] = x[..., fy * ty :, fx * tx :]
-    return out.view(b, h, nty, ntx, ty * tx, c)
+    if isinstance(size, int):
+        tile = min(tile_size, size)
+        return tile, -(-size // tile)
+    # ceil as (size + tile - 1) // tile, not -(-size // tile): the ONNX exporter turns a SymInt floor division into
+    # ONNX Div, which truncates, so a negative dividend would round the wrong way in the .onnx graph.
+    return tile_size, torch.sym_max((size + tile_size - 1) // tile_size, 2)
+
+
+def _gather_positions(x: Tensor, index: Tensor, *, pad_value: float | bool = 0) -> Tensor:
+    """(B, h, c, H, W) -> (B, h, len(index), c): the channel vectors at flat positions ``index`` (y * W + x); the
+    index H * W reads ``pad_value``.
+
+    Padding and tiling by one gather of precomputed indices rather than slices of a padded map, so nothing branches on
+    whether H and W fill the tiles (one traced graph serves every size).
+    """
+    b, h, c = x.shape[:3]
+    rows = torch.cat([x.flatten(3).transpose(-1, -2), x.new_full((b, h, 1, c), pad_value)], dim=2)
+    return rows.index_select(2, index)
+
+
+def _tile_index(height: int, width: int, tiles: tuple[int, int, int, int], device: torch.device) -> Tensor:
+    """Flat position y * W + x of every slot of the (nty, ntx, ty, tx) tile layout, ``tiles = (ty, nty, tx, ntx)``;
+    H * W for the padding beyond the map."""
+    ty, nty, tx, ntx = tiles
+    ys = torch.arange(nty * ty, device=device).view(nty, 1, ty, 1)
+    xs = torch.arange(ntx * tx, device=device).view(1, ntx, 1, tx)
+    return torch.where((ys < height) & (xs < width), ys * width + xs, height * width).reshape(-1)
+
+
+def _map_index(height: int, width: int, tiles: tuple[int, int, int, int], device: torch.device) -> Tensor:
+    """Inverse of :func:`_tile_index`: for every map position y * W + x, its slot in the flattened tile layout."""
+    ty, _, tx, ntx = tiles
+    ys = torch.arange(height, device=device).view(height, 1)
+    xs = torch.arange(width, device=device).view(1, width)
+    tile = (ys // ty) * ntx + xs // tx
+    return (tile * ty * tx + (ys % ty) * tx + xs % tx).reshape(-1)
 
 
 def _tiled_attention(
@@ -267,8 +295,8 @@ def _tiled_attention(
     dv = value.shape[2]
     r = (window_size - 1) // 2
     w2 = window_size * window_size
-    ty, tx = min(tile_size, height), min(tile_size, width)
-    nty, ntx = -(-height // ty), -(-width // tx)
+    (ty, nty), (tx, ntx) = _tile_geometry(height, tile_size), _tile_geometry(width, tile_size)
+    tiles = (ty, nty, tx, ntx)
     hp, wp = nty * ty, ntx * tx
     ny, nx = ty + 2 * r, tx + 2 * r  # key neighbourhood of one tile
     dev = query.device
@@ -281,11 +309,14 @@ def _tiled_attention(
     nb_idx = nb_idx.reshape(-1)
 
     def neighbourhoods(x: Tensor) -> Tensor:  # (B, h, c, H, W) -> (B, h, nty, ntx, ny * nx, c)
-        c = x.shape[2]
-        rows = torch.cat([x.flatten(3).transpose(-1, -2), x.new_zeros(b, h, 1, c)], dim=2)  # (B, h, HW + 1, c)
-        return rows.index_select(2, nb_idx).view(b, h, nty, ntx, ny * nx, c)
+        return _gather_positions(x, nb_idx).view(b, h, nty, ntx, ny * nx, x.shape[2])
 
-    q_t = _to_tiles(query, ty, tx) * scale  # (B, h, nty, ntx, T, dk)
+    tile_idx = _tile_index(height, width, tiles, dev)
+
+    def to_tiles(x: Tensor, pad_value: float | bool = 0) -> Tensor:  # (B', h', c, H, W) -> (B', h', nty, ntx, T, c)
+        return _gather_positions(x, tile_idx, pad_value=pad_value).view(*x.shape[:2], nty, ntx, ty * tx, x.shape[2])
+
+    q_t = to_tiles(query) * scale  # (B, h, nty, ntx, T, dk)
     logits_n = q_t @ neighbourhoods(key).transpose(-1, -2)  # (B, h, nty, ntx, T, ny * nx)
 
     # Flat index of (query in tile, window slot) inside the T x (ny * nx) tile logits.
@@ -301,15 +332,17 @@ def _tiled_attention(
     # window, so that no row is empty.
     ys = torch.arange(hp, device=dev).view(hp, 1) + torch.arange(window_size, device=dev) - r
     xs = torch.arange(wp, device=dev).view(wp, 1) + torch.arange(window_size, device=dev) - r
-    row_out, col_out = (ys < 0) | (ys >= height), (xs < 0) | (xs >= width)
-    row_out[height:] = False
-    col_out[width:] = False
-    outside = row_out.view(hp, 1, window_size, 1) | col_out.view(1, wp, 1, window_size)  # (Hp, Wp, w, w)
-    outside = outside.view(nty, ty, ntx, tx, w2).transpose(1, 2).reshape(1, 1, nty, ntx, ty * tx, w2)
+    # (Masks, not in-place slices: slicing at H would make the traced graph depend on whether H fills the tiles.)
+    row_out = ((ys < 0) | (ys >= height)) & (torch.arange(hp, device=dev) < height).view(hp, 1)
+    col_out = ((xs < 0) | (xs >= width)) & (torch.arange(wp, device=dev) < width).view(wp, 1)
+    # Broadcast straight into the tile layout (nty, ntx, ty, tx, w, w): no transposed copy to reshape.
+    row_out = row_out.view(nty, 1, ty, 1, window_size, 1)
+    col_out = col_out.view(1, ntx, 1, tx, 1, window_size)
+    outside = (row_out | col_out).view(1, 1, nty, ntx, ty * tx, w2)
     if bias is not None:
-        logits += _to_tiles(bias.to(logits.dtype), ty, tx)
+        logits += to_tiles(bias.to(logits.dtype))
     if keep is not None:
-        outside = outside | _to_tiles(~keep, ty, tx, pad_value=False)
+        outside = outside | to_tiles(~keep, pad_value=False)
     logits.masked_fill_(outside, float("-inf"))
     if keep is None:
         attn = logits.softmax(dim=-1)
@@ -324,8 +357,10 @@ def _tiled_attention(
     if relative_value is not None:
         rel = attn.view(b, h, nty * ntx * ty * tx, w2) @ relative_value.transpose(1, 2)
         out = out + rel.view(b, h, nty, ntx, ty * tx, dv)
-    out = out.view(b, h, nty, ntx, ty, tx, dv).permute(0, 1, 6, 2, 4, 3, 5).reshape(b, h, dv, hp, wp)
-    return out[..., :height, :width]
+    # Back from tiles to the map by a gather of the H*W real positions (slicing the padded map would branch on
+    # whether H and W fill the tiles).
+    out = out.view(b, h, nty * ntx * ty * tx, dv).index_select(2, _map_index(height, width, tiles, dev))
+    return out.transpose(-1, -2).clone(memory_format=torch.contiguous_format).view(b, h, dv, height, width)
 
 
 def _unfold_attention(

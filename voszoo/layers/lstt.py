@@ -38,6 +38,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from voszoo.layers.local_attention import MultiheadLocalAttention
@@ -73,7 +74,7 @@ def multihead_attention(query: Tensor, key: Tensor, value: Tensor, *, num_heads:
 
     query: (B, L_q, C); key, value: (B, L_k, C). Returns (B, L_q, C), heads concatenated in channel order.
     """
-    b, lq, c = query.shape
+    b, _, c = query.shape
     if c % num_heads:
         raise ValueError(f"multihead_attention: {c} channels do not split into {num_heads} heads")
     if key.shape[:2] != value.shape[:2] or key.shape[0] != b or key.shape[2] != c or value.shape[2] != c:
@@ -81,13 +82,9 @@ def multihead_attention(query: Tensor, key: Tensor, value: Tensor, *, num_heads:
             f"multihead_attention: query (B, L_q, C), key and value (B, L_k, C) expected, got {tuple(query.shape)}, "
             f"{tuple(key.shape)}, {tuple(value.shape)}"
         )
-    d = c // num_heads
-
-    def heads(x: Tensor) -> Tensor:
-        return x.reshape(b, x.shape[1], num_heads, d).transpose(1, 2)
-
-    out = F.scaled_dot_product_attention(heads(query), heads(key), heads(value), dropout_p=dropout)
-    return out.transpose(1, 2).reshape(b, lq, c)
+    q, k, v = (rearrange(x, "b l (heads d) -> b heads l d", heads=num_heads) for x in (query, key, value))
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+    return rearrange(out, "b heads l d -> b l (heads d)")
 
 
 class MultiheadAttention(nn.Module):

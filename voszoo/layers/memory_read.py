@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 __all__ = ["KeyValueProjection", "SpaceTimeMemoryRead", "space_time_memory_read", "memory_affinity"]
@@ -106,16 +107,13 @@ def space_time_memory_read(
         ``query_value`` is None).
     """
     _check_shapes(memory_key, memory_value, query_key, query_value)
-    b, ck = memory_key.shape[:2]
-    cv = memory_value.shape[1]
-    hq, wq = query_key.shape[-2:]
-    k = memory_key.flatten(2).transpose(1, 2)  # (B, THW, C_k)
-    v = memory_value.flatten(2).transpose(1, 2)  # (B, THW, C_v)
-    q = query_key.flatten(2).transpose(1, 2)  # (B, HW, C_k)
+    k = rearrange(memory_key, "b c t h w -> b (t h w) c")
+    v = rearrange(memory_value, "b c t h w -> b (t h w) c")
+    q = rearrange(query_key, "b c h w -> b (h w) c")
     if attn_bias is not None and attn_bias.dtype != torch.bool:
         attn_bias = attn_bias.to(q.dtype)
     read = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)  # (B, HW, C_v), scale 1/sqrt(C_k)
-    read = read.transpose(1, 2).reshape(b, cv, hq, wq)
+    read = rearrange(read, "b (h w) c -> b c h w", h=query_key.shape[2])
     if query_value is None:
         return read
     return torch.cat([read, query_value], dim=1)

@@ -171,14 +171,73 @@ def _raise_missing_slot(name: str, error: Exception) -> None:
 
 
 def create_model(
-    name: str, *, overrides: list[str] | tuple[str, ...] = (), config_dir: ConfigDirs = None, **values: Any
+    name: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    config_dir: ConfigDirs = None,
+    **values: Any,
 ) -> Any:
     """Build model preset ``name``; keyword ``values`` override model config keys (``create_model("stm",
     **{"decoder.mid_channels": 128})``), ``overrides`` are Hydra override strings relative to the model node,
     ``config_dir`` a folder of your own configs (``create_model("my_stm", config_dir="myconf")`` reads
-    ``myconf/model/my_stm.yaml``)."""
+    ``myconf/model/my_stm.yaml``).
+
+    ``weights``:
+
+    - None: what the preset says (the shipped presets: random initialisation);
+    - ``"toyvos"``: every ResNet encoder of the preset starts from the ToyVOS pre-training (docs/pretraining.md; the
+      ResNet-18 one ships with voszoo, others come from ``voszoo-pretrain``), the rest is random;
+    - a path to an official checkpoint (STM's ``STM_weights.pth``, AOT's ``AOT*_*.pth``; where they are published:
+      docs/methods/*.md), converted strictly into the preset (every key mapped and every shape matching, else
+      :class:`voszoo.models.convert.CheckpointMismatchError` naming the keys), or to a voszoo checkpoint of this
+      preset (``last.pt`` of a run).
+    """
+    from voszoo.backbones.weights import TOYVOS_WEIGHTS
+
     extra = [f"{key}={_override_value(value)}" for key, value in values.items()]
-    return build_model(compose_model_config(name, [*overrides, *extra], config_dir=config_dir))
+    cfg = compose_model_config(name, [*overrides, *extra], config_dir=config_dir)
+    if weights is None:
+        return build_model(cfg)
+    if not isinstance(weights, (str, os.PathLike)):
+        raise TypeError(
+            f"create_model: weights must be None, 'toyvos' or a checkpoint path, got {type(weights).__name__}"
+        )
+    if weights == TOYVOS_WEIGHTS:
+        encoders = [node for node in weights_nodes(cfg) if _is_resnet(node)]
+        if not encoders:
+            raise ValueError(
+                f"create_model: weights='toyvos' needs a ResNet encoder (the ToyVOS pre-training trains ResNets), but "
+                f"preset {name!r} has none; presets with one: {', '.join(_presets_with_resnet(config_dir))}"
+            )
+        for node in encoders:
+            node.weights = TOYVOS_WEIGHTS
+        return build_model(cfg)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise ValueError(
+            f"create_model: weights={str(weights)!r} is neither 'toyvos' nor an existing checkpoint file (an official "
+            "STM/AOT .pth or a voszoo checkpoint; docs/methods/*.md say where the official ones are published)"
+        )
+    from voszoo.engine.checkpoint import load_model_weights
+    from voszoo.models.official import load_official_checkpoint
+
+    model = build_model(without_weights(cfg))  # every weight is overwritten: load no encoder weights first
+    if load_official_checkpoint(model, path, preset_argument="name") is None:
+        load_model_weights(model, path, model_name=name, use_ema=False)
+    return model
+
+
+def _is_resnet(node: DictConfig) -> bool:
+    return str(node.get("_target_", "")).rsplit(".", 1)[-1] in ("ResNetBackbone", "FreezableResNetBackbone")
+
+
+def _presets_with_resnet(config_dir: ConfigDirs) -> list[str]:
+    return [
+        preset
+        for preset in list_models(config_dir=config_dir)
+        if any(_is_resnet(node) for node in weights_nodes(compose_model_config(preset, [], config_dir=config_dir)))
+    ]
 
 
 def _override_value(value: Any) -> str:
