@@ -7,6 +7,8 @@ and the read is timed with 1 and 6 memory frames (``--memory-frames``), with flu
 (``--repeats`` times each, interleaved; the median is kept). Also recorded: the fraction of the read's softmax
 probabilities that are subnormal (0 < p < 1.18e-38) and the largest difference between the two reads.
 
+Also recorded: the time to enter and leave an empty flush-to-zero block (``block_overhead_ms``).
+
 ``presets``: inference FPS and milliseconds per stage of every preset (``--models``) at ``--sizes`` with the
 session's ``flush_denormal`` on and off, each run in its own child process by benchmarks/bench_inference.py (same
 video, warm-up and timing; its module docstring says what every field counts), the two settings in alternating
@@ -83,6 +85,26 @@ def subnormal_fraction(memory_key: torch.Tensor, query_key: torch.Tensor) -> flo
         for p in (memory_affinity(memory_key[i : i + 1], query_key[i : i + 1]) for i in range(memory_key.shape[0]))
     ]
     return sum(fractions) / len(fractions)
+
+
+def block_overhead_ms(repeats: int = 50) -> dict[str, float]:
+    """Milliseconds to enter and leave an empty flush-to-zero block (median, 10th and 90th percentile): with more
+    than one thread, two wake-ups of the OpenMP team, each thread taking the GIL in turn."""
+    from voszoo.inference.denormals import flush_denormals
+
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with flush_denormals():
+            pass
+        seconds.append(time.perf_counter() - start)
+    seconds.sort()
+    return {
+        "median": 1000 * statistics.median(seconds),
+        "p10": 1000 * seconds[len(seconds) // 10],
+        "p90": 1000 * seconds[(9 * len(seconds)) // 10],
+        "threads": torch.get_num_threads(),
+    }
 
 
 def bench_read(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -276,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     if "read" in parts:
         result["read"] = [row for row in result.get("read", []) if row.get("video") != args.read_video]
         result["read"] += bench_read(args)
+        result["block_overhead_ms"] = block_overhead_ms()
         _write(result, args.out)
     if "presets" in parts:
         bench_presets(args, result, args.out)

@@ -31,6 +31,7 @@ def test_read_and_presets_are_written_and_a_second_run_resumes(bench, tmp_path, 
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert [row["memory_frames"] for row in result["read"]] == [1, 2]
+    assert result["block_overhead_ms"]["median"] > 0
     for row in result["read"]:
         assert row["memory_key"][2] == row["memory_frames"] and 0.0 <= row["subnormal_fraction"] <= 1.0
         assert row["seconds_flush_on"] > 0 and row["seconds_flush_off"] > 0
