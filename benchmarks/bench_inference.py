@@ -14,6 +14,10 @@ Recorded per preset and size:
 - ``stage_ms``: mean milliseconds per timed frame of ``backbone`` (encode), ``memory_write`` (memorize),
   ``matching`` and ``decoder`` (segment, split at the decoder's call) and ``other`` (the session's own work), from
   :class:`voszoo.stage_timing.StageTimer`; ``ms_per_frame`` is their sum;
+- ``cpu_ms_per_frame``: CPU time of this process (every thread) per timed frame: unlike ``fps`` and ``stage_ms``
+  it hardly grows when other processes compete for the cores (with one thread it is the work itself; with more,
+  it includes OpenMP threads spinning at barriers), and ``load_average_1min`` after the run says how busy the
+  machine was;
 - ``peak_mem_mb``: peak memory growth of the whole session (reference frame included) over the memory in use
   before it, as ``voszoo.profiling`` measures it (CUDA allocator peak; on CPU the peak resident set size, which is
   only meaningful in a fresh process: by default every preset runs in its own child process, ``--no-isolate``
@@ -33,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -93,9 +98,11 @@ def bench_preset(
     amp: str | None = None,
     overrides: list[str] | None = None,
     seed: int = 0,
+    flush_denormal: str = "auto",
 ) -> dict[str, Any]:
     """Benchmark preset ``name`` on ``images`` (T, H, W, 3) uint8 with reference ``labels`` (H, W): frame 0 is the
-    reference, the next ``warmup`` are not timed, the rest are. Returns the measured fields of a result row."""
+    reference, the next ``warmup`` are not timed, the rest are; ``flush_denormal`` is the session's setting (auto,
+    on, off). Returns the measured fields of a result row."""
     from voszoo.inference.session import InferenceSession
     from voszoo.models.registry import build_memory_policy, build_model
     from voszoo.profiling import PeakMemory, count_params
@@ -108,17 +115,26 @@ def bench_preset(
     torch.manual_seed(seed)
     model = build_model(cfg).to(device).eval()
     session = InferenceSession(
-        model, policy_factory=lambda: build_memory_policy(cfg), device=device, amp=None if amp == "none" else amp
+        model,
+        policy_factory=lambda: build_memory_policy(cfg),
+        device=device,
+        amp=None if amp == "none" else amp,
+        flush_denormal=flush_denormal,
     )
+    cpu_seconds = 0.0
     with PeakMemory(device) as peak, StageTimer(model, device=device) as timer:
         for index, image in enumerate(images):
+            cpu_start = time.process_time()
             with timer.frame():
                 session.step(image, labels if index == 0 else None)
+            if index > warmup:
+                cpu_seconds += time.process_time() - cpu_start
     stages = timer.mean(skip=1 + warmup)
     seconds = sum(frame["total"] for frame in timer.frames[1 + warmup :]) / 1000.0
     return {
         "fps": timed_frames / seconds,
         "ms_per_frame": stages["total"],
+        "cpu_ms_per_frame": 1000.0 * cpu_seconds / timed_frames,
         "stage_ms": {stage: stages[stage] for stage in (*STAGES, "other")},
         "reference_frame_ms": timer.frames[0]["total"],
         "peak_mem_mb": peak.peak_mb,
@@ -126,6 +142,8 @@ def bench_preset(
         "objects": int(np.count_nonzero(np.unique(labels))),
         "timed_frames": timed_frames,
         "memory_policy": repr(build_memory_policy(cfg)),
+        "flush_denormal": session.flush_denormal,
+        "load_average_1min": os.getloadavg()[0],
     }
 
 
@@ -154,6 +172,7 @@ def run_isolated(
     overrides: list[str],
     seed: int,
     threads: int | None,
+    flush_denormal: str = "auto",
 ) -> dict[str, Any]:
     """The same in a fresh child process (this script with ``--worker``), so that the CPU peak memory is that of
     this preset's session alone and a crash of one preset cannot end the run."""
@@ -161,7 +180,7 @@ def run_isolated(
         out = Path(tmp) / "row.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--worker", str(video_path), "--models", name]
         command += ["--sizes", label, "--warmup", str(warmup), "--device", str(device), "--amp", amp]
-        command += ["--seed", str(seed), "--out", str(out)]
+        command += ["--seed", str(seed), "--out", str(out), "--flush-denormal", flush_denormal]
         command += [f"--override={override}" for override in overrides]
         if threads is not None:
             command += ["--threads", str(threads)]
@@ -208,6 +227,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast on CUDA")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    parser.add_argument(
+        "--flush-denormal",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="flush subnormal floats to zero during each session step (auto: on a CPU device)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="ToyVOS video seed and weight initialisation seed")
     parser.add_argument(
         "--override", action="append", default=[], help="model config override for every preset (repeat)"
@@ -261,6 +286,7 @@ def _worker(args: argparse.Namespace, device: torch.device) -> int:
         amp=args.amp,
         overrides=args.override,
         seed=args.seed,
+        flush_denormal=args.flush_denormal,
     )
     atomic_write_bytes(args.out, (json.dumps(row) + "\n").encode())
     return 0
@@ -299,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, label, size in tqdm(jobs, desc="presets", unit="run", disable=None, file=sys.stderr):
             path, images, labels = videos[label]
             common = dict(warmup=args.warmup, device=device, amp=args.amp, overrides=args.override, seed=args.seed)
+            common["flush_denormal"] = args.flush_denormal
             if args.isolate:
                 row = run_isolated(name, label, size, video_path=path, threads=args.threads, **common)
             else:
@@ -316,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             "amp": args.amp,
             "isolate": args.isolate,
             "overrides": list(args.override),
+            "flush_denormal": args.flush_denormal,
             "minutes": round((time.time() - started) / 60.0, 2),
         },
         "results": rows,

@@ -98,15 +98,16 @@ def test_machine_info_names_the_device_and_threads() -> None:
 
 def test_profile_runs_the_session_with_the_fast_paths_it_is_given() -> None:
     costs = profile_model(OneConv(), size=(32, 32), frames=2, num_objects=1, device="cpu", channels_last=False)
-    assert costs["fast_paths"] == {"amp": None, "compile": False, "channels_last": False}
+    assert costs["fast_paths"] == {"amp": None, "compile": False, "channels_last": False, "flush_denormal": True}
     with pytest.raises(ValueError, match="amp must be"):
         profile_model(OneConv(), size=(32, 32), frames=2, num_objects=1, device="cpu", amp="fp8")
 
 
 def test_profiling_cli_passes_the_fast_paths(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["stm_r18", "--size", "64", "64", "--frames", "2", "--amp", "bf16", "--no-channels-last"]) == 0
+    argv = ["stm_r18", "--size", "64", "64", "--frames", "2", "--amp", "bf16", "--no-channels-last"]
+    assert main([*argv, "--flush-denormal", "off"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["fast_paths"] == {"amp": "bf16", "compile": False, "channels_last": False}
+    assert result["fast_paths"] == {"amp": "bf16", "compile": False, "channels_last": False, "flush_denormal": False}
 
 
 def test_bench_fast_paths_become_profiling_flags() -> None:
@@ -116,6 +117,9 @@ def test_bench_fast_paths_become_profiling_flags() -> None:
     assert _fast_path_flags(OmegaConf.create({"amp": None, "compile": False, "channels_last": True})) == []
     flags = _fast_path_flags(OmegaConf.create({"amp": "bf16", "compile": True, "channels_last": False}))
     assert flags == ["--amp", "bf16", "--compile", "--no-channels-last"]
+    assert _fast_path_flags(OmegaConf.create({"flush_denormal": "auto"})) == []
+    assert _fast_path_flags(OmegaConf.create({"flush_denormal": False})) == ["--flush-denormal", "off"]
+    assert _fast_path_flags(OmegaConf.create({"flush_denormal": "on"})) == ["--flush-denormal", "on"]
 
 
 def test_profile_rejects_bad_arguments() -> None:

@@ -272,6 +272,8 @@ def test_bench_main_writes_json_and_table(tmp_path, capsys):
     assert row["fps"] * row["ms_per_frame"] == pytest.approx(1000.0)
     assert sum(row["stage_ms"].values()) == pytest.approx(row["ms_per_frame"])
     assert row["peak_mem_mb"] is not None and row["peak_mem_mb"] >= 0
+    assert row["cpu_ms_per_frame"] > 0 and row["load_average_1min"] >= 0
+    assert row["flush_denormal"] is True and result["settings"]["flush_denormal"] == "auto"  # auto: on for CPU
     table = capsys.readouterr().out
     assert "| preset | size | FPS |" in table and "| stm_r18 | 64x64 |" in table
 
@@ -280,11 +282,14 @@ def test_bench_failing_preset_is_a_row_and_others_run(tmp_path, capsys):
     # AOT's FPN needs three skip channel counts: this override breaks aot_t only (stm_r18 already has these)
     out = tmp_path / "inference.json"
     argv = ["--models", "aot_t,stm_r18", "--sizes", "64x64", "--frames", "1", "--warmup", "0", "--no-isolate"]
-    code = bench.main([*argv, "--override=decoder.skip_channels=[128,64]", "--out", str(out)])
+    code = bench.main(
+        [*argv, "--override=decoder.skip_channels=[128,64]", "--flush-denormal", "off", "--out", str(out)]
+    )
     assert code == 1
     rows = {row["preset"]: row for row in json.loads(out.read_text())["results"]}
     assert rows["aot_t"]["status"] == "failed" and "skip_channels" in rows["aot_t"]["error"]
     assert rows["stm_r18"]["status"] == "ok" and rows["stm_r18"]["fps"] > 0
+    assert rows["stm_r18"]["flush_denormal"] is False  # --flush-denormal off reaches the session
     captured = capsys.readouterr()
     assert "| aot_t | 64x64 |" in captured.out and "failed: " in captured.out
     assert "1 run(s) failed: aot_t (64x64)" in captured.err

@@ -217,6 +217,9 @@ def _fast_path_flags(fast_paths: DictConfig | None) -> list[str]:
         flags.append("--compile")
     if not fast_paths.get("channels_last", True):
         flags.append("--no-channels-last")
+    flush = fast_paths.get("flush_denormal", "auto")
+    if str(flush).lower() not in ("auto", "none"):  # YAML's on/off/true/false arrive as booleans
+        flags += ["--flush-denormal", "on" if flush in (True, "on", "true") else "off"]
     return flags
 
 

@@ -196,12 +196,12 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Score ``model`` on ``collection`` with the preset's memory policy (``model_cfg.memory``); keyword arguments
     go to :func:`voszoo.evaluation.pipeline.evaluate_predictor` (sequences, max_videos, workers, progress) and the
-    inference session (short_side, flip, amp)."""
+    inference session (short_side, flip, amp, compile_modules, channels_last, flush_denormal)."""
     from voszoo.evaluation.pipeline import evaluate_predictor
     from voszoo.inference.predict import SessionPredictor
     from voszoo.models.registry import build_memory_policy
 
-    session_keys = ("short_side", "flip", "amp", "compile_modules", "channels_last")
+    session_keys = ("short_side", "flip", "amp", "compile_modules", "channels_last", "flush_denormal")
     session_kwargs = {k: kwargs.pop(k) for k in session_keys if k in kwargs}
     policy_overrides = {} if max_frames is None else {"max_frames": max_frames}
     build_memory_policy(model_cfg, **policy_overrides)  # fail now, not inside the first video

@@ -212,6 +212,7 @@ def _evaluate(cfg: DictConfig, output_dir: str | Path, *, device: str, group: Ev
         amp=cfg.amp,
         compile_modules=bool(cfg.get("compile", False)),
         channels_last=bool(cfg.get("channels_last", True)),
+        flush_denormal=cfg.get("flush_denormal", "auto"),
         group=group,
         overwrite=bool(cfg.get("overwrite", False)),
     )

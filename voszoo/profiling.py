@@ -240,12 +240,13 @@ def profile_model(
     amp: str | None = None,
     compile_modules: bool = False,
     channels_last: bool = True,
+    flush_denormal: bool | str = "auto",
 ) -> dict[str, Any]:
     """Parameters, MACs per frame, inference FPS and peak memory of ``model`` (a VOSModel) at ``size`` (H, W).
 
     ``frames`` (>= 2) frames are run through an inference session with ``policy_factory`` memory (default: keep
-    every frame); the first carries ``num_objects`` reference masks. ``amp``, ``compile_modules`` and
-    ``channels_last`` are the session's fast paths (:class:`~voszoo.inference.session.InferenceSession`; with
+    every frame); the first carries ``num_objects`` reference masks. ``amp``, ``compile_modules``, ``channels_last``
+    and ``flush_denormal`` are the session's fast paths (:class:`~voszoo.inference.session.InferenceSession`; with
     ``compile_modules`` the first, untimed frame also pays the compilation). Returns ``{"params": int,
     "macs_per_frame": int, "fps": float, "peak_mem_mb": float | None, "device": str, "fast_paths": dict}``; the
     module docstring says what each one counts.
@@ -266,7 +267,6 @@ def profile_model(
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8) for _ in range(frames)]
     labels = _synthetic_labels(height, width, num_objects)
-    fast_paths = {"amp": amp, "compile": bool(compile_modules), "channels_last": bool(channels_last)}
     session = InferenceSession(
         model,
         policy_factory=policy_factory or KeepAll,
@@ -274,7 +274,10 @@ def profile_model(
         amp=amp,
         compile_modules=compile_modules,
         channels_last=channels_last,
+        flush_denormal=flush_denormal,
     )
+    fast_paths = {"amp": amp, "compile": bool(compile_modules), "channels_last": bool(channels_last)}
+    fast_paths["flush_denormal"] = session.flush_denormal
     with PeakMemory(device) as memory:
         session.step(images[0], labels)
         start = time.perf_counter()
@@ -337,6 +340,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast on CUDA")
     parser.add_argument("--compile", action="store_true", help="torch.compile the hot modules (eager fallback)")
     parser.add_argument("--no-channels-last", action="store_true", help="keep every tensor NCHW")
+    parser.add_argument(
+        "--flush-denormal", choices=("auto", "on", "off"), default="auto", help="flush subnormals (auto: on CPU)"
+    )
     parser.add_argument("--json", help="also write the result to this JSON file")
     add_verbose_flag(parser)
     args = parser.parse_args(argv)
@@ -362,6 +368,7 @@ def main(argv: list[str] | None = None) -> int:
             amp=None if args.amp == "none" else args.amp,
             compile_modules=args.compile,
             channels_last=not args.no_channels_last,
+            flush_denormal=args.flush_denormal,
         )
         _write(result, model=str(node.get("name", "<unnamed>")), args=args)
         return 0
