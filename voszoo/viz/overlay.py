@@ -16,7 +16,7 @@ def overlay_labels(
     frame: np.ndarray, labels: np.ndarray | None, *, alpha: float = DEFAULT_ALPHA, palette: np.ndarray = DAVIS_PALETTE
 ) -> np.ndarray:
     """``frame`` (H, W, 3) uint8 with every pixel of label k > 0 (255, void, included) replaced by
-    ``round((1 - alpha) * frame + alpha * palette[k])``; background (0) pixels are left as they are. ``labels``
+    ``(1 - alpha) * frame + alpha * palette[k]`` rounded half up; background (0) pixels are left as they are. ``labels``
     (H, W) integer, or None (the frame unchanged: e.g. a frame without ground truth). Returns (H, W, 3) uint8."""
     frame = np.asarray(frame)
     if frame.ndim != 3 or frame.shape[2] != 3:
@@ -29,7 +29,7 @@ def overlay_labels(
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"overlay_labels: alpha must lie in [0, 1], got {alpha}")
     colours = np.asarray(palette, dtype=np.float64)[labels.astype(np.int64)]
-    blended = np.rint((1.0 - alpha) * frame.astype(np.float64) + alpha * colours)
+    blended = np.floor((1.0 - alpha) * frame.astype(np.float64) + alpha * colours + 0.5)
     return np.where((labels > 0)[..., None], blended, frame).astype(np.uint8)
 
 
