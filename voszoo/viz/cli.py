@@ -74,7 +74,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"--sequences: {', '.join(missing)} not predicted in {run.predictions}",
                     hint=f"predicted: {', '.join(run.sequences[:20])}",
                 )
-            run.scores = {k: v for k, v in run.scores.items() if k in args.sequences}
         report = write_report(
             run,
             args.out if args.out is not None else args.run / "viz",
