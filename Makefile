@@ -19,8 +19,10 @@ $(VENV)/.stamp-run: $(PY) $(INSTALL_INPUTS)
 	$(PIP) $(PIP_FLAGS) install -c constraints.txt -e .
 	@touch $@
 
+# tests/test_viz.py renders the HTML reports in Debian's chromium (headless); installed here when apt-get can (root)
 $(VENV)/.stamp-test: $(VENV)/.stamp-run $(INSTALL_INPUTS)
 	$(PIP) $(PIP_FLAGS) install -c constraints.txt -e ".[test]"
+	command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get install -y --no-install-recommends chromium) || true
 	@touch $@
 
 install: $(VENV)/.stamp-run

@@ -39,3 +39,4 @@ def test_wheel_contains_the_config_tree_and_entry_points(tmp_path: Path) -> None
     for script in (*scripts, "voszoo-pack-ytvos"):
         assert f"{script} = " in entry_points
     assert "voszoo-collect = voszoo.collect:main" in entry_points
+    assert "voszoo-viz = voszoo.viz.cli:main" in entry_points and "voszoo/viz/report.py" in names

@@ -16,8 +16,10 @@ default). With ``published: true`` the papers' results for the board's dataset a
 (``voszoo/resources/published.yaml``, shipped with the package) are added as rows whose ``source`` says
 ``published (paper, table)``; measured rows say ``measured (here)``. ToyVOS has no published rows.
 
-Results go to ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json`` and (when matplotlib is installed)
-``leaderboard.png`` (J&F against FPS) in the output dir, and the table is printed. A failing entry is reported as a
+Results go to ``leaderboard.md``, ``leaderboard.csv``, ``leaderboard.json``, ``leaderboard.html`` (the table, the
+plot and a link to every entry's report) and (when matplotlib is installed) ``leaderboard.png`` (J&F against FPS) in
+the output dir, and the table is printed. With ``viz: true`` every scored entry also gets ``<entry>/viz/report.html``
+(:mod:`voszoo.viz`: its overlays and per-sequence table, as ``voszoo-viz`` writes it). A failing entry is reported as a
 failed row; the other entries still run, and the app exits with status 1 at the end.
 """
 
@@ -47,6 +49,7 @@ __all__ = [
     "published_rows",
     "run_benchmark",
     "user_search_path",
+    "write_html",
     "write_plot",
 ]
 
@@ -328,6 +331,7 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
     profile = cfg.get("profile")
     profiling = profile is not None and bool(profile.get("enabled", True))
     rows: list[dict[str, Any]] = []
+    reports: dict[int, Path] = {}
     entries = list(cfg.entries)
     bar = tqdm(entries, desc="leaderboard", unit="entry", disable=None)  # tqdm's ETA: mean time per entry so far
     for entry in bar:
@@ -356,6 +360,10 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
                 costs = _run_profile(profile, entry_dir, cfg.get("fast_paths"), source=source)
                 row.update({k: costs.get(k) for k in ("params", "macs_per_frame", "fps", "peak_mem_mb", "device")})
             row["status"] = "ok (cost only)" if kind == "cost_only" else "ok"
+            if kind != "cost_only" and cfg.get("viz", False):
+                report = _write_entry_report(entry_dir, cfg)
+                if report is not None:
+                    reports[len(rows)] = report
         except Exception as error:  # noqa: BLE001 - a failed entry is a row, not the end of the board
             logger.error("entry %s failed: %s\n%s", entry.name, error, traceback.format_exc())
             row["status"] = f"failed: {error}"
@@ -364,11 +372,15 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
     bar.close()
     rows += [{column: row.get(column) for column in COLUMNS} for row in published]
     _write_outputs(rows, output_dir, cfg)
+    plot = None
     if cfg.get("plot", True):
-        write_plot(rows, output_dir / "leaderboard.png", title=f"voszoo leaderboard: {cfg.data.name}")
+        plot = write_plot(rows, output_dir / "leaderboard.png", title=f"voszoo leaderboard: {cfg.data.name}")
+    write_html(
+        rows, output_dir, title=f"voszoo leaderboard: {cfg.data.name}", note=_title(cfg), reports=reports, plot=plot
+    )
     print(f"\n{_title(cfg)}:\n")
     print(format_markdown(rows))
-    print(f"\nwritten to {output_dir}/leaderboard.{{md,csv,json}}")
+    print(f"\nwritten to {output_dir}/leaderboard.{{md,csv,json,html}}")
     return rows
 
 
@@ -398,6 +410,40 @@ def _cell(column: str, value: Any) -> str:
     return str(value).replace("|", "/")
 
 
+def _write_entry_report(entry_dir: Path, cfg: DictConfig) -> Path | None:
+    """``<entry>/viz/report.html`` of a scored entry (overlays of its predictions on the board's dataset); None,
+    with a warning, if it cannot be written (the entry's scores stand)."""
+    from voszoo.instantiate import build
+    from voszoo.viz import load_run, write_report
+
+    try:
+        run = load_run(entry_dir, collection=build(cfg.data.eval, key="data.eval"))
+        return write_report(run, entry_dir / "viz", progress=False)
+    except Exception as error:  # noqa: BLE001 - a missing picture must not fail a scored entry
+        logger.warning("entry %s: no report (%s)", entry_dir.name, error)
+        return None
+
+
+def write_html(
+    rows: list[dict[str, Any]],
+    output_dir: str | Path,
+    *,
+    title: str,
+    note: str = "",
+    reports: dict[int, Path] | None = None,
+    plot: Path | None = None,
+) -> Path:
+    """``leaderboard.html`` in ``output_dir``: the rows as in the markdown table, ``plot`` (leaderboard.png) and a link
+    from row i to ``reports[i]`` (an entry's viz/report.html)."""
+    from voszoo.viz.leaderboard import write_leaderboard_html
+
+    headers = [_HEADERS.get(column, column) for column in COLUMNS]
+    cells = [[_cell(column, row.get(column)) for column in COLUMNS] for row in rows]
+    return write_leaderboard_html(
+        output_dir, title=title, headers=headers, rows=cells, reports=reports or {}, plot=plot, note=note
+    )
+
+
 def format_markdown(rows: list[dict[str, Any]]) -> str:
     """The rows as a markdown table (scores as percentages, params in millions, MACs in G)."""
     headers = [_HEADERS.get(column, column) for column in COLUMNS]
@@ -407,8 +453,17 @@ def format_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _plot_fps(row: dict[str, Any]) -> float | None:
+    """The FPS a row is plotted at: the profiled one, or for a measured row that was not profiled (the
+    copy-first-frame baseline) its evaluation FPS."""
+    if row.get("fps"):
+        return row["fps"]
+    return (row.get("eval fps") or None) if row.get("source") == MEASURED else None
+
+
 def write_plot(rows: list[dict[str, Any]], path: str | Path, *, title: str = "voszoo leaderboard") -> Path | None:
-    """J&F against FPS of the rows that have both, as a PNG (measured: circles, published: triangles).
+    """J&F against FPS of the rows that have both, as a PNG (measured: circles, published: triangles; a measured row
+    without a profile, such as the copy-first-frame baseline, is a square at its evaluation FPS).
 
     Returns the path, or None when matplotlib is not installed (one log line) or no row has both numbers.
     """
@@ -418,22 +473,30 @@ def write_plot(rows: list[dict[str, Any]], path: str | Path, *, title: str = "vo
     except ImportError:
         logger.info("matplotlib is not installed: no J&F-FPS plot (pip install matplotlib to get one)")
         return None
-    points = [row for row in rows if row.get("J&F") is not None and row.get("fps")]
+    points = [row for row in rows if row.get("J&F") is not None and _plot_fps(row)]
     if not points:
         logger.info("no row has both J&F and FPS: no plot")
         return None
     figure = Figure(figsize=(8, 5), dpi=120)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for kind, marker in ((MEASURED, "o"), (None, "^")):
-        group = [row for row in points if (row.get("source") == MEASURED) == (kind == MEASURED)]
+    groups = (
+        ("measured here", "o", lambda r: r.get("source") == MEASURED and bool(r.get("fps"))),
+        (
+            "measured here, evaluation FPS (not profiled)",
+            "s",
+            lambda r: r.get("source") == MEASURED and not r.get("fps"),
+        ),
+        ("published (paper's GPU)", "^", lambda r: r.get("source") != MEASURED),
+    )
+    for label, marker, member in groups:
+        group = [row for row in points if member(row)]
         if not group:
             continue
-        label = "measured here" if kind == MEASURED else "published (paper's GPU)"
-        axes.scatter([r["fps"] for r in group], [100 * r["J&F"] for r in group], marker=marker, label=label)
+        axes.scatter([_plot_fps(r) for r in group], [100 * r["J&F"] for r in group], marker=marker, label=label)
         for r in group:
             axes.annotate(
-                str(r["entry"]), (r["fps"], 100 * r["J&F"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
+                str(r["entry"]), (_plot_fps(r), 100 * r["J&F"]), fontsize=7, xytext=(3, 3), textcoords="offset points"
             )
     axes.set_xscale("log")
     axes.set_xlabel("FPS (log scale)")

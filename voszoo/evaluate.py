@@ -5,7 +5,8 @@
     voszoo-eval model=aot_l checkpoint=AOTL_PRE_YTB_DAV.pth data=davis2017   # official AOT weights are converted
 
 Writes ``predictions/<seq>/<frame>.png``, the official DAVIS CSVs, ``results.json`` and ``metrics.json`` (J&F, J, F,
-FPS) into the Hydra output dir; for YouTube-VOS, ``submission.zip`` instead of scores.
+FPS) into the Hydra output dir; for YouTube-VOS, ``submission.zip`` instead of scores. ``viz=true`` adds
+``viz/report.html`` and the overlays it shows (:mod:`voszoo.viz`, the same as ``voszoo-viz <output dir>``).
 
     torchrun --nproc_per_node 4 -m voszoo.evaluate model=aot_l checkpoint=... data=davis2017 hydra.run.dir=out/x
 
@@ -221,6 +222,11 @@ def _evaluate(cfg: DictConfig, output_dir: str | Path, *, device: str, group: Ev
     metrics = {"model": str(cfg.model.name), "data": str(cfg.data.name), "checkpoint": loaded}
     metrics.update({k: v for k, v in result.items() if k != "table"})
     write_metrics(output_dir, metrics)
+    if bool(cfg.get("viz", False)):
+        from voszoo.viz import load_run, write_report
+
+        report = write_report(load_run(output_dir, collection=collection), Path(output_dir) / "viz")
+        logger.info("report: %s", report)
     if "table" in result:
         print(_format(result["table"]))
     return metrics

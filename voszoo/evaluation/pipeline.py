@@ -30,6 +30,7 @@ RESULT_FILES: tuple[str, ...] = (
     "global_results-*.csv",
     "per-sequence_results-*.csv",
     "submission.zip",
+    "viz",
 )
 """What an evaluation writes into its folder (names and glob patterns): an earlier run's copies are refused or
 cleared (:func:`claim_output_dir`), never mixed with new ones."""
