@@ -27,11 +27,15 @@ What the official code needs here, done at run time (the checkout is never edite
   ``--official-local-attention as-is`` keeps whatever the checkout chooses.
 
 Both sides see the same input tensor: the frame normalised and zero-padded right/bottom to a multiple of 16, as
-voszoo's session prepares it (the official evaluator instead resizes frames to 16k+1 sides with OpenCV; that
-difference of the two pipelines is left out of the comparison on purpose). docs/side_by_side.md has the details.
+voszoo's session prepares it with ``protocol="voszoo"`` (the official evaluator instead resizes frames to 16k+1 sides
+with OpenCV; that difference of the two pipelines is left out of this comparison on purpose). With ``--davis ROOT``
+(the protocol mode) the pipelines themselves are compared on real DAVIS frames: the official ``DAVIS_Test`` +
+``MultiRestrictSize`` + ``MultiToTensor`` and the evaluator's loop against ``InferenceSession(protocol="official")``
+(:func:`_official_protocol_side`). docs/side_by_side.md has the details.
 
     python benchmarks/side_by_side_aot.py /path/to/aot-benchmark --size 96x160 --frames 4 --json /tmp/aot.json
     python benchmarks/side_by_side_aot.py /path/to/aot-benchmark --threads 2          # 480x854, 12 frames
+    python benchmarks/side_by_side_aot.py /path/to/aot-benchmark --davis /tmp/davis16 --models aot_t   # protocol
 """
 
 from __future__ import annotations

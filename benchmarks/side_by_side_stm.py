@@ -27,10 +27,13 @@ Both sides see the same input tensor: the frame normalised and zero-padded right
 voszoo's session prepares it; the official model, which normalises inside, gets that tensor de-normalised
 (the official ``pad_divide_by`` would pad both sides of a raw [0, 1] frame with black instead). The soft-probability
 buffer has N+1 channels (the official DAVIS loader pads it to 11, whose extra channels, at logit log(1e-7), change
-the probabilities by less than 1e-6). docs/side_by_side.md has the details.
+the probabilities by less than 1e-6). With ``--davis ROOT`` (the protocol mode) the pipelines themselves are compared
+on real DAVIS frames: the official ``DAVIS_MO_Test`` and ``Run_video`` loop against
+``InferenceSession(protocol="official")`` (:func:`_official_protocol_side`). docs/side_by_side.md has the details.
 
     python benchmarks/side_by_side_stm.py /path/to/STM --size 96x160 --frames 4 --json /tmp/stm.json
     python benchmarks/side_by_side_stm.py /path/to/STM --threads 2          # 480x854, 12 frames
+    python benchmarks/side_by_side_stm.py /path/to/STM --davis /tmp/davis16     # the protocol mode
 """
 
 from __future__ import annotations
