@@ -1,9 +1,11 @@
 """One video at a time through any voszoo model: the only path the evaluator and the CLI use.
 
 The session owns everything per-video that is not a model's business (DESIGN.md, section 3):
-resizing and padding to the model stride and back, object ids (any set, e.g. YouTube-VOS's 1, 3, 7), objects that
-first appear mid-video, more objects than a joint model's identity bank holds, horizontal-flip test-time
-augmentation, ``no_grad`` and autocast on GPU, and the opt-in fast paths of :mod:`voszoo.inference.fast_paths`.
+the input protocol (resizing and padding to the model stride and back, what is memorised:
+:mod:`voszoo.inference.protocols`, ``protocol="voszoo"`` or ``"official"``), object ids (any set, e.g.
+YouTube-VOS's 1, 3, 7), objects that first appear mid-video, more objects than a joint model's identity bank holds,
+horizontal-flip test-time augmentation, ``no_grad`` and autocast on GPU, and the opt-in fast paths of
+:mod:`voszoo.inference.fast_paths`.
 
 Objects are tracked in *groups*: the objects that appear on the same frame form one group (split into chunks of
 ``model.max_objects`` for joint models), and each group has its own :class:`MemoryBank` whose reference frame is
