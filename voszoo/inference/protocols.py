@@ -72,7 +72,9 @@ def _tensor_image(image: np.ndarray, *, device: torch.device | str) -> Tensor:
     """(H, W, 3) uint8 RGB -> (1, 3, H, W) float32 in 0..255 (not normalised)."""
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be (H, W, 3) uint8 RGB, got shape {image.shape} dtype {image.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float()
+    if not image.flags.writeable or not image.flags.c_contiguous:  # e.g. np.asarray(PIL image): torch warns on it
+        image = np.array(image, order="C")
+    return torch.from_numpy(image).to(device).permute(2, 0, 1)[None].float()
 
 
 def _normalise(unit: Tensor) -> Tensor:
