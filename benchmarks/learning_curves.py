@@ -61,9 +61,9 @@ def curve_of(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def inference_overrides(run_dir: Path) -> list[str]:
-    """The voszoo-eval overrides that score a run as its own final evaluation did: the recipe's memory schedule and
-    frame size (e.g. sitvos_quick's ``model/memory=first_and_previous`` and ``eval.short_side=96``), read from the
-    run's saved Hydra config (none if it has none)."""
+    """The voszoo-eval overrides that score a run as its own final evaluation did: the recipe's memory schedule, input
+    protocol and frame size (e.g. sitvos_quick's ``model/memory=first_and_previous`` and ``eval.short_side=96``), read
+    from the run's saved Hydra config (none if it has none)."""
     from omegaconf import OmegaConf
 
     hydra_dir = run_dir / ".hydra"
@@ -72,6 +72,8 @@ def inference_overrides(run_dir: Path) -> list[str]:
     config = OmegaConf.load(hydra_dir / "config.yaml")
     choices = OmegaConf.load(hydra_dir / "hydra.yaml").hydra.runtime.choices
     overrides = [f"short_side={config.eval.short_side}"] if config.eval.get("short_side") is not None else []
+    if config.eval.get("protocol") is not None:  # voszoo-eval's default is the preset's; training scores with this one
+        overrides.append(f"protocol={config.eval.protocol}")
     memory = choices.get("model/memory")
     return overrides + ([f"model/memory={memory}"] if memory is not None else [])
 

@@ -27,17 +27,22 @@ What the official code needs here, done at run time (the checkout is never edite
   ``--official-local-attention as-is`` keeps whatever the checkout chooses.
 
 Both sides see the same input tensor: the frame normalised and zero-padded right/bottom to a multiple of 16, as
-voszoo's session prepares it (the official evaluator instead resizes frames to 16k+1 sides with OpenCV; that
-difference of the two pipelines is left out of the comparison on purpose). docs/side_by_side.md has the details.
+voszoo's session prepares it with ``protocol="voszoo"`` (the official evaluator instead resizes frames to 16k+1 sides
+with OpenCV; that difference of the two pipelines is left out of this comparison on purpose). With ``--davis ROOT``
+(the protocol mode) the pipelines themselves are compared on real DAVIS frames: the official ``DAVIS_Test`` +
+``MultiRestrictSize`` + ``MultiToTensor`` and the evaluator's loop against ``InferenceSession(protocol="official")``
+(:func:`_official_protocol_side`). docs/side_by_side.md has the details.
 
     python benchmarks/side_by_side_aot.py /path/to/aot-benchmark --size 96x160 --frames 4 --json /tmp/aot.json
     python benchmarks/side_by_side_aot.py /path/to/aot-benchmark --threads 2          # 480x854, 12 frames
+    python benchmarks/side_by_side_aot.py /path/to/aot-benchmark --davis /tmp/davis16 --models aot_t   # protocol
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +58,14 @@ OFFICIAL_CONFIGS = {"aot_t": "aott", "aot_s": "aots", "aot_b": "aotb", "aot_l": 
 """voszoo preset -> official ``configs/models/<name>.py``."""
 DEFAULT_MODELS = ("aot_t", "aot_l", "r50_aot_l")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "side_by_side_aot.json"
+DEFAULT_PROTOCOL_OUT = Path(__file__).resolve().parent / "results" / "side_by_side_aot_protocol.json"
 REPO = "github.com/yoxu515/aot-benchmark"
 
 
-def _official_side(args: argparse.Namespace) -> dict[str, Any]:
-    """Build the official model (seeded random init), save its state dict, run the official engine."""
+def _official_model(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]:
+    """The official model of ``args.model`` (seeded random init, eval mode, on ``args.device``), its state dict
+    saved to ``workdir/official_state.pt``; returns (model, the ``networks.engines`` module, the config, the
+    runtime patches applied)."""
     device = torch.device(args.device)
     attention, transformer, config_module, models, engines = common.import_from_checkout(
         args.checkout,
@@ -83,6 +91,13 @@ def _official_side(args: argparse.Namespace) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     model = models.build_vos_model(cfg.MODEL_VOS, cfg).to(device).eval()
     torch.save(model.state_dict(), args.workdir / "official_state.pt")
+    return model, engines, cfg, patches
+
+
+def _official_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the official model (seeded random init), save its state dict, run the official engine."""
+    device = torch.device(args.device)
+    model, engines, cfg, patches = _official_model(args)
     engine = engines.build_engine(
         cfg.MODEL_ENGINE,
         phase="eval",
@@ -124,6 +139,104 @@ def _official_side(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _official_protocol_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Protocol mode (``--davis``): the official model (seeded random init, state dict saved for the voszoo child)
+    run as ``networks/managers/evaluator.py`` runs it on DAVIS 2016 val, through the checkout's own dataset classes
+    and transforms: ``dataloaders.eval_datasets.DAVIS_Test`` (year 2016, 480p) with
+    ``Compose([MultiRestrictSize(TEST_MAX_SHORT_EDGE, TEST_MAX_LONG_EDGE, TEST_FLIP, TEST_MULTISCALE,
+    MODEL_ALIGN_CORNERS), MultiToTensor()])``, the settings ``tools/eval.py`` gives them by default (no multi-scale:
+    short edge unlimited, long edge 480 * 1.3 * 800 / 480), a ``DataLoader`` of batch 1 per sequence; frame 0:
+    the label resized ``nearest`` to the image and ``add_reference_frame``; later frames:
+    ``match_propogate_one_frame``, ``decode_current_logits((height, width))``, softmax, argmax, and
+    ``update_memory`` with the argmax label resized ``nearest`` to ``engine.input_size_2d``. The checkout's
+    ``dataloaders`` need OpenCV (``cv2``) importable in this process."""
+    from torch.utils.data import DataLoader
+
+    device = torch.device(args.device)
+    model, engines, cfg, patches = _official_model(args)
+    eval_datasets, video_transforms = common.import_from_checkout(
+        args.checkout,
+        ["dataloaders.eval_datasets", "dataloaders.video_transforms"],
+        marker="networks/engines/aot_engine.py",
+        repo=REPO,
+    )
+    from torchvision import transforms
+
+    cfg.TEST_MULTISCALE = [1.0]  # tools/eval.py defaults for DAVIS (no --ms, no --flip, --max_resolution 480 * 1.3)
+    cfg.TEST_FLIP = False
+    cfg.TEST_MAX_SHORT_EDGE = None
+    cfg.TEST_MAX_LONG_EDGE = 480 * 1.3 * 800.0 / 480.0
+    eval_transforms = transforms.Compose(
+        [
+            video_transforms.MultiRestrictSize(
+                cfg.TEST_MAX_SHORT_EDGE,
+                cfg.TEST_MAX_LONG_EDGE,
+                cfg.TEST_FLIP,
+                cfg.TEST_MULTISCALE,
+                cfg.MODEL_ALIGN_CORNERS,
+            ),
+            video_transforms.MultiToTensor(),
+        ]
+    )
+    dataset = eval_datasets.DAVIS_Test(
+        split=["val"],
+        root=str(args.davis),
+        year=2016,
+        transform=eval_transforms,
+        full_resolution=False,
+        result_root=str(args.workdir / "official_first_frames"),
+    )
+    wanted = list(args.sequences)
+    start = time.perf_counter()
+    model_input = None
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            seq_dataset = dataset[index]
+            if seq_dataset.seq_name not in wanted:
+                continue
+            engine = engines.build_engine(
+                cfg.MODEL_ENGINE,
+                phase="eval",
+                aot_model=model,
+                gpu_id=device.index or 0,
+                long_term_mem_gap=cfg.TEST_LONG_TERM_MEM_GAP,
+                short_term_mem_skip=cfg.TEST_SHORT_TERM_MEM_SKIP,
+            ).eval()
+            out_dir = args.workdir / "official" / seq_dataset.seq_name
+            loader = DataLoader(seq_dataset, batch_size=1, shuffle=False, num_workers=0)
+            for frame_idx, samples in enumerate(loader):
+                (sample,) = samples  # one augmentation: no flip, one scale
+                image = sample["current_img"].to(device)
+                height, width = int(sample["meta"]["height"]), int(sample["meta"]["width"])
+                obj_nums = [int(n) for n in sample["meta"]["obj_num"]]
+                if frame_idx == 0:
+                    given = sample["current_label"].to(device).float()
+                    label = F.interpolate(given, size=image.size()[2:], mode="nearest")
+                    engine.add_reference_frame(image, label, frame_step=0, obj_nums=obj_nums)
+                    model_input = list(image.shape[-2:])
+                    # DAVIS_Test copies the (binarised) first-frame label into the results: the original size
+                    common.save_frame_output(out_dir, 0, logits=None, labels=given[0, 0].to(torch.uint8).cpu().numpy())
+                    continue
+                engine.match_propogate_one_frame(image)
+                logits = engine.decode_current_logits((height, width))
+                prob = torch.softmax(logits, dim=1)
+                pred_label = torch.argmax(prob, dim=1, keepdim=True).float()
+                engine.update_memory(F.interpolate(pred_label, size=engine.input_size_2d, mode="nearest"))
+                common.save_frame_output(
+                    out_dir,
+                    frame_idx,
+                    logits=logits[0, : obj_nums[0] + 1],
+                    labels=pred_label[0, 0].to(torch.uint8).cpu().numpy(),
+                )
+    return {
+        "implementation": f"{REPO} DAVIS_Test + MultiRestrictSize + MultiToTensor, AOTInferEngine as in "
+        f"networks/managers/evaluator.py, config {OFFICIAL_CONFIGS[args.model]}",
+        "model_input": model_input,
+        "runtime_patches": patches,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="side_by_side_aot.py",
@@ -131,6 +244,7 @@ def _parser() -> argparse.ArgumentParser:
         "and frames: max logit difference per frame, FPS and peak memory of each. See docs/side_by_side.md.",
     )
     common.add_common_arguments(parser, default_out=DEFAULT_OUT)
+    common.add_protocol_arguments(parser, default_out=DEFAULT_PROTOCOL_OUT)
     parser.add_argument(
         "--models",
         nargs="+",
@@ -159,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         checkout_marker="networks/engines/aot_engine.py",
         repo=REPO,
         presets=args.models,
+        official_protocol_side=_official_protocol_side,
         same_schedule=lambda official, voszoo: official["long_term_gap"] == voszoo["long_term_gap"],
         child_extra=["--official-local-attention", args.official_local_attention],
     )

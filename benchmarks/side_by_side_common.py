@@ -36,6 +36,7 @@ __all__ = [
     "TOLERANCE",
     "ModelInput",
     "add_common_arguments",
+    "add_protocol_arguments",
     "check_arguments",
     "checkout_commit",
     "child_arguments",
@@ -46,6 +47,9 @@ __all__ = [
     "markdown_table",
     "merge_results",
     "parse_size",
+    "protocol_report",
+    "protocol_table",
+    "run_protocol_presets",
     "record_segment_logits",
     "render_video",
     "report",
@@ -536,24 +540,37 @@ def side_by_side_main(
     presets: Sequence[str],
     same_schedule: Callable[[dict[str, Any], dict[str, Any]], bool],
     child_extra: Sequence[str] = (),
+    official_protocol_side: Callable[[argparse.Namespace], dict[str, Any]] | None = None,
 ) -> int:
     """The ``main`` of both scripts after parsing: run one side (``--child``; the voszoo side is :func:`voszoo_side`
     with ``converter``) or the whole comparison, set
     ``same_memory_schedule`` on each row with ``same_schedule(official, voszoo)`` and report. Exit status as
-    :func:`report`, 2 on bad arguments or a folder without ``checkout_marker``."""
+    :func:`report`, 2 on bad arguments or a folder without ``checkout_marker``. With ``--davis`` (the protocol
+    mode) the children are ``official_protocol_side`` and :func:`voszoo_protocol_side`, the parent
+    :func:`run_protocol_presets` and :func:`protocol_report`."""
+    protocol_mode = getattr(args, "davis", None) is not None
     try:
         check_arguments(args)
         if args.threads is not None:
             torch.set_num_threads(args.threads)
         if args.child is not None:  # one side, in its own process (see run_presets)
             if args.child == "official":
-                result = official_side(args)
+                result = (official_protocol_side if protocol_mode else official_side)(args)
+            elif protocol_mode:
+                result = voszoo_protocol_side(args, converter=converter)
             else:
                 result = voszoo_side(args, converter=converter)
             write_child_result(args.workdir, args.child, result)
             return 0
         if not (Path(args.checkout).expanduser() / checkout_marker).is_file():
             raise ValueError(f"{args.checkout} is not a checkout of {repo} (no {checkout_marker})")
+        if protocol_mode:
+            if official_protocol_side is None:
+                raise ValueError("this script has no protocol mode (--davis)")
+            if not (Path(args.davis) / "JPEGImages" / "480p").is_dir():
+                raise ValueError(f"--davis {args.davis} has no JPEGImages/480p folder (a DAVIS-layout root)")
+            rows = run_protocol_presets(script=script, args=args, presets=presets, child_extra=child_extra)
+            return protocol_report(rows, out=args.protocol_json, prog=prog)
         rows = run_presets(script=script, args=args, presets=presets, child_extra=child_extra)
     except ValueError as error:
         print(f"{prog}: {error}", file=sys.stderr)
@@ -564,3 +581,249 @@ def side_by_side_main(
                 row["official"]["memory_schedule"], row["voszoo"]["memory_schedule"]
             )
     return report(rows, out=args.json, prog=prog)
+
+
+# -- protocol mode (--davis): the official evaluator's own dataset transforms vs voszoo's protocol=official ---------
+def add_protocol_arguments(parser: argparse.ArgumentParser, *, default_out: Path) -> None:
+    """``--davis ROOT`` switches a script to the protocol mode: real DAVIS frames through the official code's own
+    dataset classes and transforms on one side and ``InferenceSession(protocol="official")`` on the other."""
+    parser.add_argument(
+        "--davis",
+        type=Path,
+        help="DAVIS-layout root (JPEGImages/480p, Annotations/480p with palette ids, ImageSets/2016/val.txt): run "
+        "the official evaluator's input protocol on its frames instead of the synthetic video (every frame of each "
+        "sequence folder is used: give it folders holding the first few frames)",
+    )
+    parser.add_argument("--sequences", nargs="+", help="sequences of --davis (default: its ImageSets/2016/val.txt)")
+    parser.add_argument(
+        "--protocol-json", type=Path, default=default_out, help=f"results of --davis (default {default_out})"
+    )
+
+
+def protocol_sequences(args: argparse.Namespace) -> list[str]:
+    """``--sequences``, or every sequence of ``--davis``'s 2016 val split."""
+    if args.sequences:
+        return list(args.sequences)
+    return (Path(args.davis) / "ImageSets" / "2016" / "val.txt").read_text().split()
+
+
+def protocol_child_arguments(args: argparse.Namespace) -> list[str]:
+    """The protocol-mode options a child process needs."""
+    return ["--davis", str(args.davis), "--sequences", *protocol_sequences(args)]
+
+
+def save_frame_output(out_dir: Path, t: int, *, logits: Tensor | None, labels: np.ndarray) -> None:
+    """``out_dir/logits_<t>.pt`` ((N+1, H, W) float32, if given) and ``out_dir/labels_<t>.png`` (voszoo's palette
+    PNG writer on both sides, so that equal label maps give equal files)."""
+    from voszoo.data.io import write_labels
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if logits is not None:
+        torch.save(logits.detach().float().cpu().clone(), out_dir / f"logits_{t:04d}.pt")
+    write_labels(out_dir / f"labels_{t:04d}.png", np.asarray(labels))
+
+
+def voszoo_protocol_side(args: argparse.Namespace, *, converter: str) -> dict[str, Any]:
+    """The voszoo child of the protocol mode: the converted official weights through ``InferenceSession`` with
+    ``protocol="official"`` (logits in the protocol's score space, i.e. at the frame size, and label PNGs, under
+    ``voszoo/<sequence>/``) and with ``protocol="voszoo"`` (label PNGs under ``voszoo_pad/<sequence>/``), frames read
+    by voszoo's DAVIS 2016 reader."""
+    from voszoo.data.davis import DAVIS
+    from voszoo.inference.session import InferenceSession
+    from voszoo.models.registry import build_memory_policy, build_model
+
+    device = torch.device(args.device)
+    cfg = voszoo_preset(args.model)
+    model = build_model(cfg)
+    module, function = converter.rsplit(".", 1)
+    getattr(importlib.import_module(module), function)(model, args.workdir / "official_state.pt", strict=True)
+    model = model.to(device).eval()
+    holder = record_segment_logits(model)
+    davis = DAVIS(args.davis, year="2016", split="val")
+    seconds: dict[str, float] = {}
+    model_input = None
+    for protocol, folder in (("official", "voszoo"), ("voszoo", "voszoo_pad")):
+        start = time.perf_counter()
+        for name in args.sequences:
+            video = davis.video(name)
+            session = InferenceSession(
+                model, policy_factory=lambda: build_memory_policy(cfg), device=device, protocol=protocol
+            )
+            for t in range(video.num_frames):
+                result = session.step(video.frame(t), video.labels(0) if t == 0 else None)
+                logits = None
+                if t > 0 and protocol == "official":
+                    logits = session.transform.scores(holder.pop("logits").float())[0]
+                save_frame_output(args.workdir / folder / name, t, logits=logits, labels=result.labels)
+            if protocol == "official":
+                model_input = list(session.transform.model_size)
+        seconds[protocol] = round(time.perf_counter() - start, 2)
+    return {
+        "implementation": f"voszoo {args.model} through InferenceSession(protocol='official' | 'voszoo')",
+        "model_input": model_input,
+        "seconds": seconds,
+    }
+
+
+def _pngs_identical(first: Path, second: Path) -> dict[str, bool]:
+    from PIL import Image
+
+    same_bytes = first.read_bytes() == second.read_bytes()
+    same_pixels = bool(np.array_equal(np.asarray(Image.open(first)), np.asarray(Image.open(second))))
+    return {"png_identical": same_bytes, "labels_identical": same_pixels}
+
+
+def _label_agreement(first: Path, second: Path) -> float:
+    """Mean fraction of pixels with the same label in the two folders' PNGs of every frame after the first."""
+    from PIL import Image
+
+    names = sorted(path.name for path in first.glob("labels_*.png"))[1:]
+    return float(
+        np.mean([(np.asarray(Image.open(first / n)) == np.asarray(Image.open(second / n))).mean() for n in names])
+    )
+
+
+def _jf(davis_root: Path, name: str, pred_dir: Path) -> dict[str, float]:
+    """J and F means of one sequence's predicted PNGs (DAVIS protocol: first and last frame not scored)."""
+    from PIL import Image
+
+    from voszoo.data.davis import DAVIS
+    from voszoo.evaluation.davis import evaluate_sequence
+
+    video = DAVIS(davis_root, year="2016", split="val").video(name)
+    gt = np.stack([video.labels(t) for t in range(video.num_frames)])
+    pred = np.stack([np.asarray(Image.open(pred_dir / f"labels_{t:04d}.png")) for t in range(video.num_frames)])
+    result = evaluate_sequence(gt, pred, name=name, davis2016=True)
+    return {"J": float(result.j.mean()), "F": float(result.f.mean())}
+
+
+def run_protocol_presets(
+    *, script: Path, args: argparse.Namespace, presets: Sequence[str], child_extra: Sequence[str] = ()
+) -> list[dict[str, Any]]:
+    """The parent's work in the protocol mode: per preset, the official child then the voszoo child on the
+    ``--davis`` sequences; per frame after the first: the logits' max abs and relative difference and whether the
+    label PNGs are identical; per sequence and protocol: J and F (random weights: these compare the protocols, they
+    say nothing of the method)."""
+    import tempfile
+
+    device = torch.device(args.device)
+    sequences = protocol_sequences(args)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="voszoo-protocol-") as tmp:
+        for model in presets:
+            workdir = Path(tmp) / model
+            workdir.mkdir()
+            row: dict[str, Any] = {"model": model, "davis": str(Path(args.davis).resolve()), "sequences": sequences}
+            row |= {"seed": args.seed, "tolerance": args.tolerance}
+            extra = [*protocol_child_arguments(args), *child_extra]
+            try:
+                sides = {}
+                for side in ("official", "voszoo"):
+                    arguments = child_arguments(args, side=side, model=model, workdir=workdir, extra=extra)
+                    sides[side] = run_child(script, arguments, device=device, out=workdir / side / "result.json")
+                per_sequence = {}
+                for name in sequences:
+                    official_dir, voszoo_dir = workdir / "official" / name, workdir / "voszoo" / name
+                    frames = sorted(official_dir.glob("labels_*.png"))
+                    per_frame = []
+                    for path in frames[1:]:
+                        t = int(path.stem.split("_")[1])
+                        logits = f"logits_{t:04d}.pt"
+                        agreement = compare_logits(
+                            torch.load(official_dir / logits, weights_only=True),
+                            torch.load(voszoo_dir / logits, weights_only=True),
+                        )
+                        per_frame.append({"frame": t, **agreement, **_pngs_identical(path, voszoo_dir / path.name)})
+                    per_sequence[name] = {
+                        "frames": len(frames),
+                        "protocols_label_agreement": _label_agreement(voszoo_dir, workdir / "voszoo_pad" / name),
+                        "per_frame": per_frame,
+                        "jf": {
+                            "official": _jf(args.davis, name, official_dir),
+                            "voszoo_official": _jf(args.davis, name, voszoo_dir),
+                            "voszoo_voszoo": _jf(args.davis, name, workdir / "voszoo_pad" / name),
+                        },
+                    }
+            except (RuntimeError, ValueError, OSError) as error:
+                rows.append(row | {"status": "failed", "error": str(error)})
+                continue
+            frames = [f for s in per_sequence.values() for f in s["per_frame"]]
+            max_rel = max(f["rel_diff"] for f in frames)
+            all_png = all(f["png_identical"] for f in frames)
+            jf = {
+                key: {
+                    metric: float(np.mean([s["jf"][key][metric] for s in per_sequence.values()]))
+                    for metric in ("J", "F")
+                }
+                for key in ("official", "voszoo_official", "voszoo_voszoo")
+            }
+            for value in jf.values():
+                value["J&F"] = (value["J"] + value["F"]) / 2
+            row |= {
+                "status": "ok",
+                "checkout": str(Path(args.checkout).expanduser().resolve()),
+                "commit": checkout_commit(args.checkout),
+                "protocols_label_agreement": float(
+                    np.mean([s["protocols_label_agreement"] for s in per_sequence.values()])
+                ),
+                "official_model_input": sides["official"]["model_input"],
+                "voszoo_model_input": sides["voszoo"]["model_input"],
+                "max_abs_diff": max(f["max_abs_diff"] for f in frames),
+                "max_rel_diff": max_rel,
+                "all_png_identical": all_png,
+                "agree": max_rel <= args.tolerance and all_png,
+                "jf_mean": jf,
+                "per_sequence": per_sequence,
+                "official": sides["official"],
+                "voszoo": sides["voszoo"],
+                "machine": machine_info(device),
+            }
+            rows.append(row)
+    return rows
+
+
+def protocol_table(rows: list[dict[str, Any]]) -> str:
+    """One line per preset: input sizes, logit agreement, PNG identity, J&F of each protocol."""
+    header = "| preset | official input | voszoo input | frames | max abs diff | max rel diff | PNGs identical "
+    header += "| J&F official | J&F voszoo official | J&F voszoo voszoo | labels equal official/voszoo protocol |"
+    lines = [header, "|" + "---|" * 11]
+    for row in rows:
+        if row.get("status") != "ok":
+            lines.append(f"| {row['model']} | failed: {row.get('error', '?').splitlines()[0]} |" + " |" * 9)
+            continue
+        frames = sum(len(s["per_frame"]) for s in row["per_sequence"].values())
+        identical = sum(f["png_identical"] for s in row["per_sequence"].values() for f in s["per_frame"])
+        cells = [
+            row["model"],
+            "x".join(map(str, row["official_model_input"])),
+            "x".join(map(str, row["voszoo_model_input"])),
+            str(frames),
+            _cell(row["max_abs_diff"], ".2e"),
+            _cell(row["max_rel_diff"], ".2e"),
+            f"{identical}/{frames}",
+            *(f"{row['jf_mean'][key]['J&F']:.4f}" for key in ("official", "voszoo_official", "voszoo_voszoo")),
+            f"{row['protocols_label_agreement']:.4f}",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def protocol_report(rows: list[dict[str, Any]], *, out: Path, prog: str) -> int:
+    """Print :func:`protocol_table`, merge the rows into ``out``; exit status 1 if a preset failed, its logits
+    differ by more than the tolerance or a PNG differs."""
+    print(protocol_table(rows))
+    merge_results(out, rows)
+    print(f"written {out}")
+    status = 0
+    for row in rows:
+        if row["status"] != "ok":
+            print(f"{prog}: {row['model']} failed: {row['error']}", file=sys.stderr)
+            status = 1
+        elif not row["agree"]:
+            print(
+                f"{prog}: {row['model']}: max relative logit difference {row['max_rel_diff']:.2e} (tolerance "
+                f"{row['tolerance']:.0e}), PNGs identical: {row['all_png_identical']}; see {out}",
+                file=sys.stderr,
+            )
+            status = 1
+    return status

@@ -27,20 +27,25 @@ Both sides see the same input tensor: the frame normalised and zero-padded right
 voszoo's session prepares it; the official model, which normalises inside, gets that tensor de-normalised
 (the official ``pad_divide_by`` would pad both sides of a raw [0, 1] frame with black instead). The soft-probability
 buffer has N+1 channels (the official DAVIS loader pads it to 11, whose extra channels, at logit log(1e-7), change
-the probabilities by less than 1e-6). docs/side_by_side.md has the details.
+the probabilities by less than 1e-6). With ``--davis ROOT`` (the protocol mode) the pipelines themselves are compared
+on real DAVIS frames: the official ``DAVIS_MO_Test`` and ``Run_video`` loop against
+``InferenceSession(protocol="official")`` (:func:`_official_protocol_side`). docs/side_by_side.md has the details.
 
     python benchmarks/side_by_side_stm.py /path/to/STM --size 96x160 --frames 4 --json /tmp/stm.json
     python benchmarks/side_by_side_stm.py /path/to/STM --threads 2          # 480x854, 12 frames
+    python benchmarks/side_by_side_stm.py /path/to/STM --davis /tmp/davis16     # the protocol mode
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -52,6 +57,7 @@ except ImportError:
 MEM_EVERY = 5
 """``Mem_every`` of the official ``eval_DAVIS.py`` (the voszoo preset's ``every_n`` policy has n = 5)."""
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "side_by_side_stm.json"
+DEFAULT_PROTOCOL_OUT = Path(__file__).resolve().parent / "results" / "side_by_side_stm_protocol.json"
 REPO = "github.com/seoungwugoh/STM"
 
 
@@ -125,6 +131,64 @@ def _official_side(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _official_protocol_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Protocol mode (``--davis``): the official model (seeded random init, state dict saved for the voszoo child)
+    on DAVIS 2016 val as ``eval_DAVIS.py -y 16 -s val`` runs it: frames and masks from the checkout's own
+    ``dataset.DAVIS_MO_Test(root, resolution='480p', imset='2016/val.txt', single_object=True)`` (frames
+    ``np.array(PIL RGB) / 255.``, masks one-hot over K = 11 channels), ``Run_video``'s loop with ``Mem_every=5``
+    (``eval_DAVIS.py`` parses arguments at import, so its loop is followed here), ``pred = argmax(Es)``. The model's
+    own ``memorize``/``segment`` pad with ``pad_divide_by(16)`` and crop the logits. Annotations must be palette ids
+    (DAVIS 2017 files): the loader's single-object test ``(mask > 0.5) * (mask < 255)`` empties 0/255 masks."""
+    device = torch.device(args.device)
+    common.stub_missing_modules(["cv2", "matplotlib", "matplotlib.pyplot"])
+    official_module, dataset_module = common.import_from_checkout(
+        args.checkout, ["model", "dataset"], marker="eval_DAVIS.py", repo=REPO
+    )
+    torch.manual_seed(args.seed)
+    with _resnet50_without_download():
+        model = official_module.STM()
+    model = model.to(device).eval()
+    torch.save(model.state_dict(), args.workdir / "official_state.pt")
+    dataset = dataset_module.DAVIS_MO_Test(str(args.davis), resolution="480p", imset="2016/val.txt", single_object=True)
+    wanted = list(args.sequences)
+    start = time.perf_counter()
+    model_input = None
+    with torch.no_grad():
+        for index, video in enumerate(dataset.videos):
+            if video not in wanted:
+                continue
+            frames, masks, num_objects, info = dataset[index]
+            frames, masks = frames[None].to(device), masks[None].to(device)  # DataLoader batch of 1
+            num_objects = int(num_objects[0])
+            num_frames = int(info["num_frames"])
+            count = torch.tensor([num_objects])
+            to_memorize = [int(i) for i in np.arange(0, num_frames, step=MEM_EVERY)]
+            probs = torch.zeros_like(masks)  # Run_video's Es
+            probs[:, :, 0] = masks[:, :, 0]
+            kept: dict[str, torch.Tensor] = {}  # Run_video's keys, values
+            out_dir = args.workdir / "official" / video
+            common.save_frame_output(out_dir, 0, logits=None, labels=masks[0, :, 0].argmax(0).to(torch.uint8).cpu())
+            for t in range(1, num_frames):
+                prev_key, prev_value = model(frames[:, :, t - 1], probs[:, :, t - 1], count)
+                if t - 1 == 0:
+                    this_keys, this_values = prev_key, prev_value
+                else:
+                    this_keys = torch.cat([kept["keys"], prev_key], dim=3)
+                    this_values = torch.cat([kept["values"], prev_value], dim=3)
+                logit = model(frames[:, :, t], this_keys, this_values, count)
+                probs[:, :, t] = F.softmax(logit, dim=1)
+                if t - 1 in to_memorize:
+                    kept.update(keys=this_keys, values=this_values)
+                label = probs[0, :, t].argmax(dim=0).to(torch.uint8).cpu()  # np.argmax(Es[0]) of Run_video
+                common.save_frame_output(out_dir, t, logits=logit[0, : num_objects + 1], labels=label)
+            model_input = [frames.shape[-2] + (-frames.shape[-2]) % 16, frames.shape[-1] + (-frames.shape[-1]) % 16]
+    return {
+        "implementation": f"{REPO} dataset.DAVIS_MO_Test + model.STM, eval_DAVIS.py Run_video loop (Mem_every=5)",
+        "model_input": model_input,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="side_by_side_stm.py",
@@ -132,6 +196,7 @@ def _parser() -> argparse.ArgumentParser:
         "difference per frame, FPS and peak memory of each. See docs/side_by_side.md.",
     )
     common.add_common_arguments(parser, default_out=DEFAULT_OUT)
+    common.add_protocol_arguments(parser, default_out=DEFAULT_PROTOCOL_OUT)
     return parser
 
 
@@ -148,6 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         checkout_marker="eval_DAVIS.py",
         repo=REPO,
         presets=["stm"],
+        official_protocol_side=_official_protocol_side,
         same_schedule=lambda official, voszoo: official == {key: voszoo.get(key) for key in official},
     )
 

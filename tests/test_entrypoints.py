@@ -108,6 +108,21 @@ def test_unknown_component_lists_the_valid_ones(tmp_path: Path) -> None:
     assert "nope" in done.stderr and "every_n" in done.stderr
 
 
+def test_eval_protocol_errors_name_the_key_before_predicting(trained: tuple[Path, Path]) -> None:
+    work, _ = trained
+    common = [*TINY_DATA, f"data.root={work / 'toy'}"]
+    done = run(
+        "voszoo.evaluate", "model=stm_r18", "protocol=offical", *common, f"hydra.run.dir={work / 'p1'}", cwd=work
+    )
+    assert done.returncode == 1
+    assert "protocol: unknown protocol 'offical'; valid protocols: official, voszoo" in done.stderr
+    done = run(
+        "voszoo.evaluate", "model=mga_r18", "protocol=official", *common, f"hydra.run.dir={work / 'p2'}", cwd=work
+    )
+    assert done.returncode == 1 and "protocol=official: model 'mga_r18' (MGA)" in done.stderr
+    assert "use protocol=voszoo" in done.stderr and not (work / "p2" / "predictions").exists()
+
+
 def test_multirun_sweep_writes_one_metrics_file_per_job(trained: tuple[Path, Path]) -> None:
     work, _ = trained
     sweep = work / "sweep"

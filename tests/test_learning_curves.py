@@ -58,7 +58,8 @@ def test_runs_are_rescored_with_their_recipes_inference_settings(tmp_path: Path)
     OmegaConf.save(config, hydra_dir / "config.yaml")
     choices = {"model": "sitvos_r18", "model/memory": "first_and_previous", "experiment": "sitvos_quick"}
     OmegaConf.save({"hydra": {"runtime": {"choices": choices}}}, hydra_dir / "hydra.yaml")
-    assert learning_curves.inference_overrides(tmp_path) == ["short_side=96", "model/memory=first_and_previous"]
+    expected = ["short_side=96", "protocol=voszoo", "model/memory=first_and_previous"]
+    assert learning_curves.inference_overrides(tmp_path) == expected
     assert learning_curves.inference_overrides(tmp_path / "no_hydra_config") == []
 
 

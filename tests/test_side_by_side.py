@@ -123,3 +123,40 @@ def test_check_arguments_names_the_argument():
         bad = argparse.Namespace(**(vars(args) | {key: value}))
         with pytest.raises(ValueError, match=message):
             common.check_arguments(bad)
+
+
+def test_protocol_mode_png_identity_and_label_agreement(tmp_path):
+    labels = np.zeros((6, 8), np.uint8)
+    labels[2:4, 3:7] = 1
+    other = labels.copy()
+    other[0, 0] = 1  # one pixel of 48 differs
+    for folder, frame1 in (("a", labels), ("b", other)):
+        common.save_frame_output(tmp_path / folder, 0, logits=None, labels=labels)
+        common.save_frame_output(tmp_path / folder, 1, logits=torch.zeros(2, 6, 8), labels=frame1)
+    assert common._pngs_identical(tmp_path / "a" / "labels_0000.png", tmp_path / "b" / "labels_0000.png") == {
+        "png_identical": True,
+        "labels_identical": True,
+    }
+    assert not common._pngs_identical(tmp_path / "a" / "labels_0001.png", tmp_path / "b" / "labels_0001.png")[
+        "labels_identical"
+    ]
+    assert common._label_agreement(tmp_path / "a", tmp_path / "b") == pytest.approx(47 / 48)  # frame 0 not counted
+
+
+def test_protocol_table():
+    jf = {key: {"J": 0.5, "F": 0.7, "J&F": 0.6} for key in ("official", "voszoo_official", "voszoo_voszoo")}
+    frame = {"png_identical": True}
+    row = {
+        "model": "stm",
+        "status": "ok",
+        "official_model_input": [480, 864],
+        "voszoo_model_input": [480, 864],
+        "max_abs_diff": 2e-5,
+        "max_rel_diff": 1e-5,
+        "jf_mean": jf,
+        "protocols_label_agreement": 0.99,
+        "per_sequence": {"a": {"per_frame": [frame, {"png_identical": False}]}, "b": {"per_frame": [frame]}},
+    }
+    table = common.protocol_table([row, {"model": "aot_t", "status": "failed", "error": "boom"}]).splitlines()
+    assert table[2] == "| stm | 480x864 | 480x864 | 3 | 2.00e-05 | 1.00e-05 | 2/3 | 0.6000 | 0.6000 | 0.6000 | 0.9900 |"
+    assert table[3].startswith("| aot_t | failed: boom |") and table[3].count("|") == table[2].count("|")

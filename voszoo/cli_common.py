@@ -184,6 +184,23 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def session_protocol(model: Any, model_cfg: Any, *, protocol: str | None, short_side: int | None) -> str:
+    """The input protocol name an evaluation uses: ``protocol`` if given, else ``voszoo`` when ``short_side`` is set
+    (a setting of that protocol), else the preset's ``model_cfg.protocol`` (``voszoo`` if it has none). Checked
+    against the model now (:func:`voszoo.inference.protocols.resolve_protocol`): an unknown name or ``official``
+    for a method without official code raises :class:`~voszoo.instantiate.ConfigError` naming the key."""
+    from voszoo.inference.protocols import resolve_protocol
+    from voszoo.instantiate import ConfigError
+
+    if protocol is None:
+        protocol = "voszoo" if short_side is not None else str(model_cfg.get("protocol", None) or "voszoo")
+    try:
+        resolve_protocol(protocol, model=model, short_side=short_side, model_name=model_cfg.get("name"))
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
+    return str(protocol)
+
+
 def evaluate_model(
     model: Any,
     model_cfg: DictConfig,
@@ -196,13 +213,17 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Score ``model`` on ``collection`` with the preset's memory policy (``model_cfg.memory``); keyword arguments
     go to :func:`voszoo.evaluation.pipeline.evaluate_predictor` (sequences, max_videos, workers, progress) and the
-    inference session (short_side, flip, amp, compile_modules, channels_last, flush_denormal)."""
+    inference session (short_side, protocol, flip, amp, compile_modules, channels_last, flush_denormal;
+    ``protocol=None``: :func:`session_protocol`)."""
     from voszoo.evaluation.pipeline import evaluate_predictor
     from voszoo.inference.predict import SessionPredictor
     from voszoo.models.registry import build_memory_policy
 
     session_keys = ("short_side", "flip", "amp", "compile_modules", "channels_last", "flush_denormal")
     session_kwargs = {k: kwargs.pop(k) for k in session_keys if k in kwargs}
+    session_kwargs["protocol"] = session_protocol(
+        model, model_cfg, protocol=kwargs.pop("protocol", None), short_side=session_kwargs.get("short_side")
+    )
     policy_overrides = {} if max_frames is None else {"max_frames": max_frames}
     build_memory_policy(model_cfg, **policy_overrides)  # fail now, not inside the first video
     predictor = SessionPredictor(

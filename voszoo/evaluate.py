@@ -209,6 +209,7 @@ def _evaluate(cfg: DictConfig, output_dir: str | Path, *, device: str, group: Ev
         max_videos=config_int(cfg, "max_videos", minimum=1, optional=True),
         workers=config_int(cfg, "workers", minimum=1),
         short_side=cfg.short_side,
+        protocol=cfg.get("protocol"),
         flip=bool(cfg.flip),
         amp=cfg.amp,
         compile_modules=bool(cfg.get("compile", False)),

@@ -91,6 +91,7 @@ def train(cfg: DictConfig, output_dir: str | Path, *, overrides: Sequence[str] |
             device=trainer_args["device"],
             max_videos=config_int(cfg, "eval.max_videos", minimum=1, optional=True, hint=_ALL_VIDEOS),
             short_side=cfg.eval.short_side,
+            protocol=cfg.eval.get("protocol", "voszoo"),
             flip=cfg.eval.flip,
             overwrite=True,  # this run's own folders; each periodic evaluation replaces the last one
         )

@@ -87,14 +87,16 @@ class SessionPredictor:
 
     def check_video(self, video: VideoSource) -> None:
         """Raise VOSDataError naming the first frame's file if ``video``'s frames are too small for the model's
-        stride (after the session's ``short_side`` resize): found from the frame size, before any forward."""
+        stride (after the session's protocol, e.g. its ``short_side`` resize): found from the frame size, before any
+        forward."""
         from voszoo.data.io import VOSDataError
-        from voszoo.inference.preprocess import FrameGeometry
+        from voszoo.inference.protocols import resolve_protocol
 
         stride = int(getattr(self.model, "stride", 1))
         short_side = self.session_kwargs.get("short_side")
+        protocol = resolve_protocol(self.session_kwargs.get("protocol"), model=self.model, short_side=short_side)
         try:
-            FrameGeometry.create(video.size, stride=stride, short_side=short_side)
+            protocol.prepare(video.size, stride=stride)
         except ValueError as error:
             where = video.frame_path(0) if hasattr(video, "frame_path") else f"video {video.name!r}"
             hint = f"resize the frames with short_side={2 * stride} or more, or leave this video out"

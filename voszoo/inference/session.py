@@ -1,10 +1,12 @@
 """One video at a time through any voszoo model: the only path the evaluator and the CLI use.
 
 The session owns everything per-video that is not a model's business (DESIGN.md, section 3):
-resizing and padding to the model stride and back, object ids (any set, e.g. YouTube-VOS's 1, 3, 7), objects that
-first appear mid-video, more objects than a joint model's identity bank holds, horizontal-flip test-time
-augmentation, ``no_grad`` and autocast on GPU, the opt-in fast paths of :mod:`voszoo.inference.fast_paths`, and
-flush-to-zero of subnormal floats on the CPU for the duration of each step (:mod:`voszoo.inference.denormals`).
+the input protocol (resizing and padding to the model stride and back, what is memorised:
+:mod:`voszoo.inference.protocols`, ``protocol="voszoo"`` or ``"official"``), object ids (any set, e.g.
+YouTube-VOS's 1, 3, 7), objects that first appear mid-video, more objects than a joint model's identity bank holds,
+horizontal-flip test-time augmentation, ``no_grad`` and autocast on GPU, the opt-in fast paths of
+:mod:`voszoo.inference.fast_paths`, and flush-to-zero of subnormal floats on the CPU for the duration of each step
+(:mod:`voszoo.inference.denormals`).
 
 Objects are tracked in *groups*: the objects that appear on the same frame form one group (split into chunks of
 ``model.max_objects`` for joint models), and each group has its own :class:`MemoryBank` whose reference frame is
@@ -27,7 +29,7 @@ from torch import Tensor
 from voszoo.inference.denormals import flush_denormals, resolve_flush_denormal
 from voszoo.inference.fast_paths import channels_last_encoders, compile_hot_modules, use_channels_last
 from voszoo.inference.memory import MemoryBank, MemoryPolicy
-from voszoo.inference.preprocess import FrameGeometry, image_to_tensor
+from voszoo.inference.protocols import FrameTransform, InputProtocol, resolve_protocol
 from voszoo.layers.aggregation import soft_aggregate
 from voszoo.models.base import VOSModel
 
@@ -57,7 +59,12 @@ class InferenceSession:
         model: a built :class:`VOSModel` (put in eval mode by the session).
         policy_factory: returns a fresh :class:`MemoryPolicy` for each new memory bank (policies may hold state).
         device: where the model runs.
-        short_side: resize frames so their shorter side has this length before inference (None: original size).
+        short_side: resize frames so their shorter side has this length before inference (None: original size);
+            protocol ``voszoo`` only.
+        protocol: the input protocol (:mod:`voszoo.inference.protocols`): ``"voszoo"`` (default: resize by
+            ``short_side``, pad right/bottom), ``"official"`` (the official evaluator's input, output and memorised
+            masks for the model's method; ``ValueError`` for a method without official code) or an
+            :class:`~voszoo.inference.protocols.InputProtocol`.
         flip: average with a horizontally flipped view (each view keeps its own memory).
         amp: autocast dtype on CUDA (``"bf16"``, ``"fp16"``, or None / ``"none"`` for float32); ignored on CPU.
         compile_modules: ``torch.compile`` the model's hot submodules in place, falling back to eager per module if
@@ -78,6 +85,7 @@ class InferenceSession:
         policy_factory: Callable[[], MemoryPolicy],
         device: torch.device | str = "cpu",
         short_side: int | None = None,
+        protocol: str | InputProtocol = "voszoo",
         flip: bool = False,
         amp: str | None = None,
         compile_modules: bool = False,
@@ -88,6 +96,7 @@ class InferenceSession:
         self.policy_factory = policy_factory
         self.device = torch.device(device)
         self.short_side = short_side
+        self.protocol = resolve_protocol(protocol, model=self.model, short_side=short_side)
         self.views = (False, True) if flip else (False,)
         if amp not in (None, "none", "bf16", "fp16"):
             raise ValueError(f"amp must be None, 'none', 'bf16' or 'fp16', got {amp!r}")
@@ -98,7 +107,7 @@ class InferenceSession:
         if channels_last and not self.channels_last:
             channels_last_encoders(self.model)
         self.flush_denormal = resolve_flush_denormal(flush_denormal, device=self.device)
-        self.geometry: FrameGeometry | None = None
+        self.transform: FrameTransform | None = None
         self.groups: list[_Group] = []
         self.frame_index = 0
 
@@ -132,13 +141,13 @@ class InferenceSession:
 
     def _step(self, image: np.ndarray, new_labels: np.ndarray | None) -> StepResult:
         height, width = image.shape[:2]
-        if self.geometry is None:
+        if self.transform is None:
             if new_labels is None:
                 raise ValueError("the first frame of a video needs new_labels (its reference masks)")
-            self.geometry = FrameGeometry.create((height, width), stride=self.model.stride, short_side=self.short_side)
-        elif (height, width) != self.geometry.original:
+            self.transform = self.protocol.prepare((height, width), stride=self.model.stride)
+        elif (height, width) != self.transform.original:
             raise ValueError(
-                f"frame {self.frame_index} is {height}x{width}, the video started at {self.geometry.original}"
+                f"frame {self.frame_index} is {height}x{width}, the video started at {self.transform.original}"
             )
         new_ids: list[int] = []
         if new_labels is not None:
@@ -152,7 +161,7 @@ class InferenceSession:
         with self._autocast():
             probs = self._segment_and_memorize(image, new_labels, new_ids)
         self.frame_index += 1
-        full = self.geometry.from_model(probs.float()).squeeze(0)
+        full = self.transform.output(probs.float()).squeeze(0)
         full = full / full.sum(dim=0, keepdim=True).clamp_min(1e-12)
         ids = self.object_ids
         lookup = np.array([0, *ids], dtype=np.int64)
@@ -167,28 +176,31 @@ class InferenceSession:
         return StepResult(labels=labels, probs=full.cpu(), object_ids=ids)
 
     def _segment_and_memorize(self, image: np.ndarray, new_labels: np.ndarray | None, new_ids: list[int]) -> Tensor:
-        geometry = self.geometry
-        assert geometry is not None
-        frame = geometry.to_model(image_to_tensor(image, device=self.device))
+        """Segment and memorise one frame; returns the merged probabilities (1, K+1, Hs, Ws) in the protocol's
+        score space (the model size for ``voszoo``, the original size for the official protocols)."""
+        transform = self.transform
+        assert transform is not None
+        frame = transform.image(image, device=self.device)
         if self.channels_last:
             frame = frame.contiguous(memory_format=torch.channels_last)
         view_frames = [frame.flip(-1) if flipped else frame for flipped in self.views]
         view_feats = [self.model.encode(x) for x in view_frames]
 
-        # foreground probability of every tracked object, (K, hp, wp), averaged over views
+        # foreground probability of every tracked object, (K, Hs, Ws), averaged over views; a flipped view's logits
+        # are flipped back at the model size (an official padding need not be symmetric) before the score mapping
         old_groups = list(self.groups)
         foreground = []
         for group in old_groups:
             per_view = []
             for view, (flipped, feats) in enumerate(zip(self.views, view_feats, strict=True)):
-                p = torch.softmax(self.model.segment(group.memories[view], feats).float(), dim=1)[0, 1:]
-                per_view.append(p.flip(-1) if flipped else p)
+                logits = self.model.segment(group.memories[view], feats).float()
+                logits = logits.flip(-1) if flipped else logits
+                per_view.append(torch.softmax(transform.scores(logits), dim=1)[0, 1:])
             foreground.append(torch.stack(per_view).mean(0))
 
         if new_ids:
             assert new_labels is not None
-            given = torch.from_numpy(new_labels.astype(np.int64)).to(self.device)[None, None].float()
-            given = geometry.to_model(given, mode="nearest")[0, 0].long()
+            given = transform.labels(torch.from_numpy(new_labels.astype(np.int64)).to(self.device))
             new_masks = torch.stack([(given == obj).float() for obj in new_ids])
             if foreground:
                 keep = 1.0 - new_masks.sum(0, keepdim=True).clamp(max=1.0)
@@ -196,20 +208,22 @@ class InferenceSession:
             foreground.append(new_masks)
             self.groups.extend(self._new_groups(new_ids))
 
-        fg = torch.cat(foreground, dim=0) if foreground else torch.zeros(0, *geometry.padded, device=self.device)
+        fg = torch.cat(foreground, dim=0) if foreground else torch.zeros(0, *transform.score_size, device=self.device)
         single_source = (len(old_groups) == 1 and not new_ids) or not old_groups
         if single_source:  # one group's own distribution, or only given masks: nothing to reconcile
             probs = torch.cat([1.0 - fg.sum(0, keepdim=True), fg], dim=0).clamp_min(0)[None]
         else:
             probs = torch.softmax(soft_aggregate(fg[None]), dim=1)
 
-        # each group memorises the merged probabilities of its own objects, background = the rest
+        # each group memorises the merged probabilities of its own objects, background = the rest, mapped to the
+        # model input by the protocol
         offset = 0
         for group in self.groups:
             count = len(group.object_ids)
             own = probs[:, 1 + offset : 1 + offset + count]
             offset += count
             group_probs = torch.cat([(1.0 - own.sum(1, keepdim=True)).clamp_min(0), own], dim=1)
+            group_probs = transform.memory(group_probs)
             for view, (flipped, feats) in enumerate(zip(self.views, view_feats, strict=True)):
                 view_probs = group_probs.flip(-1) if flipped else group_probs
                 self.model.memorize(group.memories[view], feats, view_probs, self.frame_index)

@@ -159,6 +159,11 @@ class AOT(IdentityVOSModel):
         self.prior = prior  # registered last: official state dicts keep their keys and order
 
     @property
+    def official_protocol(self) -> str | None:
+        """``"aot"`` (aot-benchmark's evaluator, :mod:`voszoo.inference.protocols`); None with MGA's ``prior``."""
+        return "aot" if self.prior is None else None
+
+    @property
     def propagator(self) -> LSTT:
         return self.LSTT
 

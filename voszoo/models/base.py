@@ -94,6 +94,13 @@ class VOSModel(nn.Module, ABC):
     stride: ClassVar[int] = 16
     max_objects: int | None = None
 
+    @property
+    def official_protocol(self) -> str | None:
+        """The input protocol of this method's official evaluator, a key of
+        :data:`voszoo.inference.protocols.OFFICIAL_PROTOCOLS` (``"aot"``, ``"stm"``), or None where the paper has no
+        official inference code (``protocol=official`` then raises)."""
+        return None
+
     def __init__(self, *, criterion: nn.Module | None = None) -> None:
         super().__init__()
         self.criterion = criterion

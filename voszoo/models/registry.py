@@ -9,7 +9,9 @@ built submodules) with reserved keys that are not constructor arguments:
 
 - ``name``: the preset's name (e.g. ``stm``), reported in metrics and checkpoints;
 - ``memory``: the inference memory policy node (``_target_`` a :class:`voszoo.inference.memory.MemoryPolicy`),
-  chosen from the group ``model/memory``.
+  chosen from the group ``model/memory``;
+- ``protocol`` (optional, default ``voszoo``): the inference input protocol, ``official`` or ``voszoo``
+  (:mod:`voszoo.inference.protocols`); ``voszoo-eval protocol=...`` overrides it.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ __all__ = [
     "without_weights",
 ]
 
-RESERVED_MODEL_KEYS = ("name", "memory")
+RESERVED_MODEL_KEYS = ("name", "memory", "protocol")
 
 ConfigDirs = str | os.PathLike | Sequence[str | os.PathLike] | None
 """A folder of one's own configs, several, or None (voszoo's own only)."""

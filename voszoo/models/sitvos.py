@@ -81,6 +81,12 @@ class SITVOS(VOSModel):
     multi_object = "per_object"
     stride = 16
 
+    @property
+    def official_protocol(self) -> str | None:
+        """``"stm"``: the official ``eval.py`` pads frames and masks with STM's ``pad_divide_by(16)``
+        (``utils/helpers.py``) on [0, 1] frames, normalises inside the encoder and crops the logits back."""
+        return "stm"
+
     def __init__(
         self,
         *,

@@ -151,6 +151,13 @@ class STM(VOSModel):
 
     multi_object = "per_object"
     stride = 16
+
+    @property
+    def official_protocol(self) -> str | None:
+        """``"stm"`` (STM's ``pad_divide_by``, :mod:`voszoo.inference.protocols`); None with a ``motion`` module
+        (MUNet) or a ``prior`` (MGA): those papers have no official code."""
+        return "stm" if self.motion is None and self.prior is None else None
+
     # optional slots a subclass makes mandatory: slot name -> what to say when it is None (MGA: prior, MUNet: motion)
     required_slots: ClassVar[Mapping[str, str]] = {}
 
