@@ -94,11 +94,9 @@ def _official_model(args: argparse.Namespace) -> tuple[Any, Any, Any, list[str]]
     return model, engines, cfg, patches
 
 
-def _official_side(args: argparse.Namespace) -> dict[str, Any]:
-    """Build the official model (seeded random init), save its state dict, run the official engine."""
-    device = torch.device(args.device)
-    model, engines, cfg, patches = _official_model(args)
-    engine = engines.build_engine(
+def _eval_engine(engines: Any, cfg: Any, model: Any, device: torch.device) -> Any:
+    """The official evaluation engine (the official evaluator's memory gaps) around the official ``model``."""
+    return engines.build_engine(
         cfg.MODEL_ENGINE,
         phase="eval",
         aot_model=model,
@@ -106,6 +104,13 @@ def _official_side(args: argparse.Namespace) -> dict[str, Any]:
         long_term_mem_gap=cfg.TEST_LONG_TERM_MEM_GAP,
         short_term_mem_skip=cfg.TEST_SHORT_TERM_MEM_SKIP,
     ).eval()
+
+
+def _official_side(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the official model (seeded random init), save its state dict, run the official engine."""
+    device = torch.device(args.device)
+    model, engines, cfg, patches = _official_model(args)
+    engine = _eval_engine(engines, cfg, model, device)
     images, labels = common.load_video(args.workdir / "video.npz")
     num_objects = int(labels.max())
     inputs = common.ModelInput(args.size, stride=16, device=device)
@@ -194,14 +199,7 @@ def _official_protocol_side(args: argparse.Namespace) -> dict[str, Any]:
             seq_dataset = dataset[index]
             if seq_dataset.seq_name not in wanted:
                 continue
-            engine = engines.build_engine(
-                cfg.MODEL_ENGINE,
-                phase="eval",
-                aot_model=model,
-                gpu_id=device.index or 0,
-                long_term_mem_gap=cfg.TEST_LONG_TERM_MEM_GAP,
-                short_term_mem_skip=cfg.TEST_SHORT_TERM_MEM_SKIP,
-            ).eval()
+            engine = _eval_engine(engines, cfg, model, device)
             out_dir = args.workdir / "official" / seq_dataset.seq_name
             loader = DataLoader(seq_dataset, batch_size=1, shuffle=False, num_workers=0)
             for frame_idx, samples in enumerate(loader):

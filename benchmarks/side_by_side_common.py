@@ -437,10 +437,17 @@ def run_presets(
     return rows
 
 
-def report(rows: list[dict[str, Any]], *, out: Path, prog: str) -> int:
-    """Print the table, merge the rows into ``out`` and return the exit status: 1 if a preset failed or its
-    logits differ by more than its tolerance (said on stderr), else 0."""
-    print(markdown_table(rows))
+def report(
+    rows: list[dict[str, Any]],
+    *,
+    out: Path,
+    prog: str,
+    table: Callable[[list[dict[str, Any]]], str] | None = None,
+    disagreement: Callable[[dict[str, Any]], str] | None = None,
+) -> int:
+    """Print the table (``table``, default :func:`markdown_table`), merge the rows into ``out`` and return the exit
+    status: 1 if a preset failed or does not agree (``disagreement(row)`` says how, on stderr), else 0."""
+    print((table or markdown_table)(rows))
     merge_results(out, rows)
     print(f"written {out}")
     status = 0
@@ -449,13 +456,15 @@ def report(rows: list[dict[str, Any]], *, out: Path, prog: str) -> int:
             print(f"{prog}: {row['model']} failed: {row['error']}", file=sys.stderr)
             status = 1
         elif not row["agree"]:
-            print(
-                f"{prog}: {row['model']}: logits differ by {row['max_rel_diff']:.2e} relative (tolerance "
-                f"{row['tolerance']:.0e}); see per_frame in {out}",
-                file=sys.stderr,
-            )
+            say = disagreement or _logit_disagreement
+            print(f"{prog}: {row['model']}: {say(row)}; see {out}", file=sys.stderr)
             status = 1
     return status
+
+
+def _logit_disagreement(row: dict[str, Any]) -> str:
+    diff, tolerance = row["max_rel_diff"], row["tolerance"]
+    return f"logits differ by {diff:.2e} relative (tolerance {tolerance:.0e}), each frame in per_frame"
 
 
 def voszoo_preset(name: str) -> Any:
@@ -811,19 +820,11 @@ def protocol_table(rows: list[dict[str, Any]]) -> str:
 def protocol_report(rows: list[dict[str, Any]], *, out: Path, prog: str) -> int:
     """Print :func:`protocol_table`, merge the rows into ``out``; exit status 1 if a preset failed, its logits
     differ by more than the tolerance or a PNG differs."""
-    print(protocol_table(rows))
-    merge_results(out, rows)
-    print(f"written {out}")
-    status = 0
-    for row in rows:
-        if row["status"] != "ok":
-            print(f"{prog}: {row['model']} failed: {row['error']}", file=sys.stderr)
-            status = 1
-        elif not row["agree"]:
-            print(
-                f"{prog}: {row['model']}: max relative logit difference {row['max_rel_diff']:.2e} (tolerance "
-                f"{row['tolerance']:.0e}), PNGs identical: {row['all_png_identical']}; see {out}",
-                file=sys.stderr,
-            )
-            status = 1
-    return status
+
+    def disagreement(row: dict[str, Any]) -> str:
+        return (
+            f"max relative logit difference {row['max_rel_diff']:.2e} (tolerance {row['tolerance']:.0e}), "
+            f"PNGs identical: {row['all_png_identical']}"
+        )
+
+    return report(rows, out=out, prog=prog, table=protocol_table, disagreement=disagreement)
