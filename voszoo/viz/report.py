@@ -3,6 +3,7 @@ each row showing and linking to its overlay animations. Every link is relative t
 
 from __future__ import annotations
 
+import functools
 import math
 from html import escape
 from pathlib import Path
@@ -47,33 +48,16 @@ def write_report(
     predicted one)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    animations = render_run(
-        run,
-        out_dir / "overlays",
-        sequences=sequences,
-        fps=fps,
-        fmt=fmt,
-        alpha=alpha,
-        ground_truth=ground_truth,
-        progress=progress,
-        desc=f"overlays {run.label}",
-    )
+    render = functools.partial(
+        render_run, fps=fps, fmt=fmt, alpha=alpha, ground_truth=ground_truth, progress=progress
+    )  # the same look for both runs
+    animations = render(run, out_dir / "overlays", sequences=sequences, desc=f"overlays {run.label}")
     other: dict[str, Path] = {}
     if compare is not None:
         if compare.config is None and compare._collection is None:
             compare._collection = run.collection()  # the same dataset, presumably: its frames are needed
         wanted = [n for n in compare.sequences if sequences is None or n in sequences]
-        other = render_run(
-            compare,
-            out_dir / "compare",
-            sequences=wanted,
-            fps=fps,
-            fmt=fmt,
-            alpha=alpha,
-            ground_truth=ground_truth,
-            progress=progress,
-            desc=f"overlays {compare.label}",
-        )
+        other = render(compare, out_dir / "compare", sequences=wanted, desc=f"overlays {compare.label}")
     names = sorted_sequences(run, list(other))
     if sequences is not None:
         names = [n for n in names if n in sequences]
