@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 PIP_FLAGS ?= --quiet --disable-pip-version-check
 INSTALL_INPUTS := pyproject.toml constraints.txt
+APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 # pytest workers and thread counts for the 2-core CI machine
 PYTEST_ARGS ?=
 
@@ -22,7 +23,7 @@ $(VENV)/.stamp-run: $(PY) $(INSTALL_INPUTS)
 # tests/test_viz.py renders the HTML reports in Debian's chromium (headless); installed here when apt-get can (root)
 $(VENV)/.stamp-test: $(VENV)/.stamp-run $(INSTALL_INPUTS)
 	$(PIP) $(PIP_FLAGS) install -c constraints.txt -e ".[test]"
-	command -v chromium >/dev/null || (command -v apt-get >/dev/null && apt-get install -y --no-install-recommends chromium) || true
+	command -v chromium >/dev/null || (command -v apt-get >/dev/null && { $(APT_CHROMIUM) || { apt-get update -qq && $(APT_CHROMIUM); }; }) || true
 	@touch $@
 
 install: $(VENV)/.stamp-run
