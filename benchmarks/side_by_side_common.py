@@ -296,17 +296,27 @@ def _cell(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """One line per preset: logit agreement, FPS of each side and their ratio, peak memory of each side."""
-    header = "| preset | max abs diff | max rel diff | agree | FPS official | FPS voszoo | ratio | peak MB official "
-    header += "| peak MB voszoo |"
-    lines = [header, "|" + "---|" * 9]
+def _preset_table(columns: list[str], rows: list[dict[str, Any]], cells: Callable[[dict[str, Any]], list[str]]) -> str:
+    """A Markdown table with a line per preset: ``cells(row)`` for a preset that ran, its error for one that failed."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         if row.get("status") != "ok":
-            lines.append(f"| {row['model']} | failed: {row.get('error', '?').splitlines()[0]} |" + " |" * 7)
+            lines.append(
+                f"| {row['model']} | failed: {row.get('error', '?').splitlines()[0]} |" + " |" * (len(columns) - 2)
+            )
             continue
+        lines.append("| " + " | ".join(cells(row)) + " |")
+    return "\n".join(lines)
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """One line per preset: logit agreement, FPS of each side and their ratio, peak memory of each side."""
+    columns = ["preset", "max abs diff", "max rel diff", "agree", "FPS official", "FPS voszoo", "ratio"]
+    columns += ["peak MB official", "peak MB voszoo"]
+
+    def cells(row: dict[str, Any]) -> list[str]:
         official, voszoo = row["official"], row["voszoo"]
-        cells = [
+        return [
             row["model"],
             _cell(row["max_abs_diff"], ".2e"),
             _cell(row["max_rel_diff"], ".2e"),
@@ -317,8 +327,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             _cell(official["peak_mem_mb"], ".0f"),
             _cell(voszoo["peak_mem_mb"], ".0f"),
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    return _preset_table(columns, rows, cells)
 
 
 def merge_results(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -793,16 +803,13 @@ def run_protocol_presets(
 
 def protocol_table(rows: list[dict[str, Any]]) -> str:
     """One line per preset: input sizes, logit agreement, PNG identity, J&F of each protocol."""
-    header = "| preset | official input | voszoo input | frames | max abs diff | max rel diff | PNGs identical "
-    header += "| J&F official | J&F voszoo official | J&F voszoo voszoo | labels equal official/voszoo protocol |"
-    lines = [header, "|" + "---|" * 11]
-    for row in rows:
-        if row.get("status") != "ok":
-            lines.append(f"| {row['model']} | failed: {row.get('error', '?').splitlines()[0]} |" + " |" * 9)
-            continue
+    columns = ["preset", "official input", "voszoo input", "frames", "max abs diff", "max rel diff", "PNGs identical"]
+    columns += ["J&F official", "J&F voszoo official", "J&F voszoo voszoo", "labels equal official/voszoo protocol"]
+
+    def cells(row: dict[str, Any]) -> list[str]:
         frames = sum(len(s["per_frame"]) for s in row["per_sequence"].values())
         identical = sum(f["png_identical"] for s in row["per_sequence"].values() for f in s["per_frame"])
-        cells = [
+        return [
             row["model"],
             "x".join(map(str, row["official_model_input"])),
             "x".join(map(str, row["voszoo_model_input"])),
@@ -813,8 +820,8 @@ def protocol_table(rows: list[dict[str, Any]]) -> str:
             *(f"{row['jf_mean'][key]['J&F']:.4f}" for key in ("official", "voszoo_official", "voszoo_voszoo")),
             f"{row['protocols_label_agreement']:.4f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+
+    return _preset_table(columns, rows, cells)
 
 
 def protocol_report(rows: list[dict[str, Any]], *, out: Path, prog: str) -> int:
