@@ -268,6 +268,8 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
             max_steps,
         )
         schedule_args["warmup_steps"] = max_steps
+    if "total_steps" not in _parameters(cfg.schedule):  # a constant schedule has no length (conf/schedule/constant)
+        schedule_args.pop("total_steps")
     schedule = build(cfg.schedule, key="schedule", **schedule_args)
     trainer_args = {
         k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in _NOT_TRAINER_ARGS
@@ -278,6 +280,18 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
         trainer_args["init_from"] = init_from
         trainer_args["init_from_ema"] = bool(cfg.get("init_from_ema", False))
     return {"model": model, "dataset": dataset, "optimizer": optimizer, "schedule": schedule, "args": trainer_args}
+
+
+def _parameters(node: DictConfig) -> set[str]:
+    """The keyword parameters of the constructor a config node's ``_target_`` names (empty if it cannot be read)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        return set(inspect.signature(get_class(str(node._target_))).parameters)
+    except (ImportError, ValueError, TypeError, AttributeError):
+        return set()
 
 
 _ALL_VIDEOS = "eval.max_videos=null scores every video"
