@@ -42,7 +42,7 @@ MAX_FRAMES = 4  # longer clips (AOT 5, MUNet 6, MGA 24 frames) shrink to this: t
 #        poly decay to 2e-5; EMA. Official aot-benchmark: DATA_DAVIS_REPEAT 5, DATA_RANDOM_GAP_DAVIS 12 / _YTB 3,
 #        power 0.9, EMA ratio 0.1, merge probability 1.0 (PRE) / 0.3.
 #   MGA: Zhou et al. (shared/papers/004), Sec. 3: STM's settings; Sec. 2.2: back-propagate every predicted frame.
-#   MUNet: Sun et al. (shared/papers/002), Sec. 4: AdamW (0.9, 0.999), lr 2e-5, wd 0.5, 6 consecutive frames as a
+#   MUNet: Sun et al. (shared/papers/002), Sec. 3.5: AdamW (0.9, 0.999), lr 2e-5, wd 0.5, 6 consecutive frames as a
 #        batch, 400x400 crops, DAVIS 2017 (protocol (1)).
 STM_STATIC = {
     "optim.name": "adam",
