@@ -229,6 +229,7 @@ def _checkpoint_of_first_stage(name: str, data: dict[str, Path], out: Path, done
     return done[first]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_trains_two_steps_on_toyvos(
     name: str, toy_data: dict[str, Path], first_stages: dict[str, Path], tmp_path: Path
