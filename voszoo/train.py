@@ -352,7 +352,10 @@ def check_init_from(cfg: DictConfig, output_dir: str | Path) -> None:
         return
     resumes = cfg.resume not in (False, None, "false") and (cfg.resume != "auto" or checkpoint_files(output_dir))
     if not resumes and not Path(init_from).is_file():
-        raise ConfigError(f"init_from={init_from}: checkpoint file not found", hint=_INIT_HINT)
+        raise ConfigError(
+            f"init_from={init_from}: checkpoint file not found",
+            hint="run the first stage first (e.g. experiment=stm_paper_static) and point init_from at its last.pt",
+        )
 
 
 def _scores(result: dict[str, Any]) -> dict[str, float]:
