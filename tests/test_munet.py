@@ -175,8 +175,9 @@ def test_munet_presets_pair_with_the_paper_criterion():
 
 
 def test_paper_recipe_experiment():
-    cfg = compose_train("experiment=munet")
-    assert cfg.model.name == "munet"
+    cfg = compose_train("experiment=munet_paper")
+    assert compose_train("experiment=munet") == cfg  # the older name is an alias
+    assert cfg.model.name == "munet" and cfg.data.name == "davis2017"  # protocol (1): DAVIS 2017 alone
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, list(cfg.optim.betas)) == (
         "adamw",
         2e-5,

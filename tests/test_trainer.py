@@ -325,6 +325,30 @@ def test_pretraining_stage_then_main_stage(tmp_path: Path) -> None:
         make_trainer(tmp_path / "empty").fit(resume=True)
 
 
+def test_main_stage_from_the_pretraining_ema_weights(tmp_path: Path) -> None:
+    """``init_from_ema=True`` starts from the checkpoint's EMA weights (AOT's PRE -> PRE_YTB_DAV), not its raw ones."""
+    pretrain = make_trainer(tmp_path / "pretrain", max_steps=3)
+    pretrain.fit()
+    ema = {k: v.clone() for k, v in pretrain.ema_model.state_dict().items()}
+    raw = pretrain.model.state_dict()
+    assert not torch.equal(ema["head.weight"], raw["head.weight"])  # the test can tell the two apart
+    start = {}
+
+    class Capture(Hook):
+        def before_train(self, trainer: Trainer) -> None:
+            start.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+
+    checkpoint = tmp_path / "pretrain" / "last.pt"
+    make_trainer(tmp_path / "main", max_steps=1, init_from=checkpoint, init_from_ema=True, hooks=[Capture()]).fit()
+    assert start.keys() == ema.keys() and all(torch.equal(start[k], ema[k]) for k in ema)
+    with pytest.raises(ValueError, match="init_from_ema=True needs init_from"):
+        make_trainer(tmp_path / "none", init_from_ema=True)
+    no_ema = make_trainer(tmp_path / "plain", max_steps=1, ema_decay=None)
+    no_ema.fit()
+    with pytest.raises(CheckpointError, match="has no EMA weights"):
+        make_trainer(tmp_path / "main2", init_from=tmp_path / "plain" / "last.pt", init_from_ema=True).fit()
+
+
 def test_iterable_of_batches_and_checkpoint_every(tmp_path: Path) -> None:
     data = RandomClips(length=3)
     batches = [collate_clips([data[i]]) for i in range(3)]

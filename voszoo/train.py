@@ -11,6 +11,10 @@ single run (not under torchrun), it continues the latest *interrupted* run of th
 parent folder, identical ``.hydra/config.yaml`` apart from ``resume``, a checkpoint, no ``metrics.json``, nobody
 training in it), in that run's folder. So re-running the exact command of an interrupted run continues it. The
 exact resume command is logged at the start and again on interruption (Ctrl-C, SIGTERM).
+
+Stages: ``init_from=<checkpoint>`` starts a fresh run from that checkpoint's weights (``init_from_ema=true``: its EMA
+weights) with a new optimizer, schedule and EMA, e.g. a paper recipe's main stage from its static-image stage
+(docs/training.md). It applies only when the run starts afresh; a resumed run continues from its own checkpoint.
 """
 
 from __future__ import annotations
@@ -29,7 +33,9 @@ from voszoo.cli_common import config_float, config_int, evaluate_model, hydra_en
 __all__ = [
     "build_loggers",
     "build_run",
+    "check_init_from",
     "check_train_config",
+    "init_from_of",
     "find_interrupted_run",
     "main",
     "resume_command",
@@ -72,6 +78,7 @@ def train(cfg: DictConfig, output_dir: str | Path, *, overrides: Sequence[str] |
             "resume=auto: continuing the interrupted run of this config in %s (this log: %s)", earlier, output_dir
         )
         output_dir = earlier
+    check_init_from(cfg, output_dir)  # before the data and model are built: a wrong path fails at once
     loggers = build_loggers(cfg.logger)  # first: a missing optional package fails before data and pre-training
     prepare_data(cfg.data)
     prepare_pretrained(cfg.model)  # weights: toyvos is pre-trained once per machine, on first use
@@ -261,12 +268,30 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
             max_steps,
         )
         schedule_args["warmup_steps"] = max_steps
+    if "total_steps" not in _parameters(cfg.schedule):  # a constant schedule has no length (conf/schedule/constant)
+        schedule_args.pop("total_steps")
     schedule = build(cfg.schedule, key="schedule", **schedule_args)
     trainer_args = {
         k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in _NOT_TRAINER_ARGS
     }
     trainer_args["device"] = resolve_device(trainer_args.get("device", "auto"))
+    init_from = init_from_of(cfg)
+    if init_from is not None:
+        trainer_args["init_from"] = init_from
+        trainer_args["init_from_ema"] = bool(cfg.get("init_from_ema", False))
     return {"model": model, "dataset": dataset, "optimizer": optimizer, "schedule": schedule, "args": trainer_args}
+
+
+def _parameters(node: DictConfig) -> set[str]:
+    """The keyword parameters of the constructor a config node's ``_target_`` names (empty if it cannot be read)."""
+    import inspect
+
+    from hydra.utils import get_class
+
+    try:
+        return set(inspect.signature(get_class(str(node._target_))).parameters)
+    except (ImportError, ValueError, TypeError, AttributeError):
+        return set()
 
 
 _ALL_VIDEOS = "eval.max_videos=null scores every video"
@@ -283,6 +308,54 @@ def check_train_config(cfg: DictConfig) -> None:
     config_float(cfg, "optim.weight_decay", minimum=0.0)
     if cfg.schedule.get("warmup_steps") is not None:
         config_int(cfg, "schedule.warmup_steps", minimum=0)
+    init_from_of(cfg)
+
+
+_INIT_HINT = (
+    "pass init_from=<the first stage's output dir>/last.pt (docs/training.md, 'Stages'); init_required=false "
+    "starts from the model preset's own initialisation instead"
+)
+
+
+def init_from_of(cfg: DictConfig) -> str | None:
+    """The checkpoint a fresh run starts from: ``init_from`` (or the older ``trainer.init_from``), or None.
+
+    A :class:`~voszoo.instantiate.ConfigError` naming the key if ``init_required`` (a recipe's second stage) is set
+    and no checkpoint is given, or if both keys are set. ``init_from_ema`` applies only with a checkpoint.
+    """
+    from voszoo.instantiate import ConfigError
+
+    top = cfg.get("init_from")
+    nested = cfg.trainer.get("init_from") if "trainer" in cfg else None
+    if top is not None and nested is not None:
+        raise ConfigError(
+            f"init_from={top} and trainer.init_from={nested} are both set; keep one (init_from)", hint=_INIT_HINT
+        )
+    found = top if top is not None else nested
+    if cfg.get("init_required") and found is None:
+        raise ConfigError(
+            "init_from: this recipe is the second stage of a two-stage schedule (init_required=true) and starts from "
+            "the first stage's weights, but init_from is not set",
+            hint=_INIT_HINT,
+        )
+    return None if found is None else str(found)
+
+
+def check_init_from(cfg: DictConfig, output_dir: str | Path) -> None:
+    """If the run will start afresh in ``output_dir`` (no checkpoint of its own to resume, or ``resume=false``) and
+    ``init_from`` is set, the file must exist: a :class:`~voszoo.instantiate.ConfigError` naming it otherwise."""
+    from voszoo.engine.checkpoint import checkpoint_files
+    from voszoo.instantiate import ConfigError
+
+    init_from = init_from_of(cfg)
+    if init_from is None:
+        return
+    resumes = cfg.resume not in (False, None, "false") and (cfg.resume != "auto" or checkpoint_files(output_dir))
+    if not resumes and not Path(init_from).is_file():
+        raise ConfigError(
+            f"init_from={init_from}: checkpoint file not found",
+            hint="run the first stage first (e.g. experiment=stm_paper_static) and point init_from at its last.pt",
+        )
 
 
 def _scores(result: dict[str, Any]) -> dict[str, float]:

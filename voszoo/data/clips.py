@@ -279,10 +279,10 @@ class BaseClipDataset(Dataset):
     def __len__(self) -> int:
         return self.samples_per_epoch if self.samples_per_epoch is not None else self._num_items
 
-    def _item_order(self) -> np.ndarray:
+    def _item_order(self, epoch: int) -> np.ndarray:
         """A per-epoch permutation of the items: index i of the epoch starts from item order[i % num_items]."""
-        if self._order is None or self._order[0] != self._epoch:
-            self._order = (self._epoch, np.random.default_rng([self.seed, self._epoch]).permutation(self._num_items))
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self._num_items))
         return self._order[1]
 
     # -- sampling -------------------------------------------------------------------------------------------------
@@ -312,10 +312,18 @@ class BaseClipDataset(Dataset):
         return None
 
     def __getitem__(self, index: int) -> dict[str, object]:
+        return self.sample(index, epoch=self._epoch)
+
+    def sample(self, index: int, *, epoch: int) -> dict[str, object]:
+        """Sample ``index`` of epoch ``epoch``: what ``__getitem__(index)`` returns after ``set_epoch(epoch)``, without
+        changing the dataset's epoch (:class:`voszoo.data.mixture.ClipMixture` reads each repeat of a source as
+        another epoch of it)."""
         if not 0 <= index < len(self):
             raise IndexError(f"{type(self).__name__}: index {index} out of range for length {len(self)}")
-        rng = np.random.default_rng([self.seed, self._epoch, index])
-        start = int(self._item_order()[index % self._num_items])
+        if epoch < 0:
+            raise ValueError(f"{type(self).__name__}.sample: epoch must be >= 0, got {epoch}")
+        rng = np.random.default_rng([self.seed, epoch, index])
+        start = int(self._item_order(epoch)[index % self._num_items])
         sample = self._sample_usable(start, rng)
         if sample is None:
             raise VOSDataError(

@@ -203,6 +203,8 @@ class Trainer:
         freeze_prefixes: parameter-name patterns to freeze (see :mod:`voszoo.engine.optim`), e.g.
             ``["query_encoder.backbone.conv1", ".layer1"]``.
         init_from: a voszoo checkpoint whose weights start a fresh run (e.g. the pre-training stage's ``last.pt``).
+        init_from_ema: start from that checkpoint's EMA weights instead (AOT's main stage starts from the
+            pre-training's EMA checkpoint, official ``configs/pre_ytb_dav.py``); an error if it has none.
         model_name: the preset name stored in checkpoints and checked on resume (default: the class name).
         config: the run's configuration as a plain dict, stored in checkpoints.
         channels_last: use the channels-last memory format (CUDA only).
@@ -242,6 +244,7 @@ class Trainer:
         freeze_bn: bool = False,
         freeze_prefixes: Sequence[str] = (),
         init_from: str | Path | None = None,
+        init_from_ema: bool = False,
         model_name: str | None = None,
         config: Mapping[str, Any] | None = None,
         channels_last: bool = True,
@@ -318,6 +321,9 @@ class Trainer:
         self.checkpoint_every, self.keep_checkpoints, self.log_every = checkpoint_every, keep_checkpoints, log_every
         self.seed = seed
         self.init_from = Path(init_from) if init_from is not None else None
+        if init_from_ema and init_from is None:
+            raise ValueError("Trainer: init_from_ema=True needs init_from (the checkpoint whose EMA weights to load)")
+        self.init_from_ema = bool(init_from_ema)
         self.config = plain_config(dict(config)) if config is not None else None
         self.find_unused_parameters = find_unused_parameters
         self.truncate_frames, self.memory_frames = truncate_frames, memory_frames
@@ -554,8 +560,9 @@ class Trainer:
 
     def _start_fresh(self) -> None:
         if self.init_from is not None:
-            load_model_weights(self.model, self.init_from, model_name=self.model_name)
-            logger.info("initialised %s from %s", self.model_name, self.init_from)
+            load_model_weights(self.model, self.init_from, model_name=self.model_name, use_ema=self.init_from_ema)
+            weights = " (EMA weights)" if self.init_from_ema else ""
+            logger.info("initialised %s from %s%s", self.model_name, self.init_from, weights)
             if self.ema is not None:
                 self.ema = ModelEMA(self.model, decay=self.ema_decay, warmup=self.ema_warmup)
         if self.is_main:
