@@ -108,6 +108,16 @@ def score(model: torch.nn.Module, root: Path, *, size: int, videos: int) -> dict
             return original(memory_key, memory_value, query_key, query_value, **kwargs)
 
         reader.forward = recording
+    elif hasattr(model, "id_bank"):
+        reader = model.propagator.layers[0].long_term_attn
+        original = reader.forward
+
+        def recording(query, key, value):  # AOT's long-term attention: Q and K already projected
+            if key.shape[1] == query.shape[1]:  # one memory frame: frame 0 read by frame 2 (or by itself)
+                affinities.append(_head_affinity(query[0], key[0], reader.num_heads))
+            return original(query, key, value)
+
+        reader.forward = recording
     right = wrong = total = 0
     masses: list[float] = []
     last_clip = None
@@ -133,13 +143,14 @@ def score(model: torch.nn.Module, root: Path, *, size: int, videos: int) -> dict
             right += int(((predicted == truth) & objects).sum())
             wrong += int(((predicted != truth) & (predicted > 0) & objects).sum())
             total += int(objects.sum())
-            if affinities:
-                masses.append(_read_mass(affinities[0], label, count))
+            if affinities:  # identity models record the reference's self-read first, then frames 2 and 4
+                masses.append(_read_mass(affinities[0 if hasattr(model, "reader") else 1], label, count))
     if reader is not None:
         del reader.forward  # back to the class's method
     result = {"right_id": right / max(total, 1), "wrong_id": wrong / max(total, 1), "crops_pixels": float(total)}
     if hasattr(model, "id_bank") and last_clip is not None:
         result["identity_sensitivity"] = _identity_sensitivity(model, last_clip)
+        result["memory_sensitivity"] = _memory_sensitivity(model, last_clip)
     if masses:
         result["read_mass"] = float(np.nanmean(masses))  # crops without a token mostly inside an object: nan
     return result
@@ -157,6 +168,30 @@ def _identity_sensitivity(model: torch.nn.Module, clip: Any) -> float:
             del model._embed_identities  # back to the class method
     valid = logits > -1e9  # objects a sample lacks carry -1e10 in both
     return float((logits - blind)[valid].abs().max() / logits[valid].abs().max())
+
+
+def _memory_sensitivity(model: torch.nn.Module, clip: Any) -> float:
+    """max |logits - logits with the first block's long- and short-term attention outputs zeroed| / max |logits|."""
+    block = model.propagator.layers[0]
+    with torch.no_grad():
+        logits = model(clip)["logits"]
+        hooks = [
+            m.register_forward_hook(lambda _m, _a, out: out * 0.0)
+            for m in (block.long_term_attn, block.short_term_attn)
+        ]
+        try:
+            blind = model(clip)["logits"]
+        finally:
+            for hook in hooks:
+                hook.remove()
+    valid = logits > -1e9
+    return float((logits - blind)[valid].abs().max() / logits[valid].abs().max())
+
+
+def _head_affinity(query: torch.Tensor, key: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(Q K^T / sqrt(d)) per head of (L_q, C) and (L_k, C) tokens: (heads, L_q, L_k)."""
+    q, k = (x.reshape(x.shape[0], heads, -1).transpose(0, 1) for x in (query, key))
+    return torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, dim=-1)
 
 
 def slot_cosines(bank: torch.nn.Module, *, size: int = 96) -> dict[str, list[float]]:
