@@ -35,3 +35,14 @@ def test_slot_cosines_see_the_bias_dominated_official_init_and_a_distinct_large_
     assert official["objects"][0] > 0.9  # gain 17^-2: every slot's embedding is the shared bias
     large = identity_crops.slot_cosines(IdentityBank(num_identities=4, embed_dim=64, init_gain=1.0))
     assert max(abs(v) for v in large["objects"]) < 0.6  # orthogonal rows at gain 1: slots nearly orthogonal
+
+
+def test_head_affinity_is_each_heads_softmax():
+    torch.manual_seed(0)
+    query, key = torch.randn(5, 8), torch.randn(7, 8)
+    affinity = identity_crops._head_affinity(query, key, 2)
+    assert affinity.shape == (2, 5, 7)
+    for head in range(2):
+        q, k = query[:, head * 4 : (head + 1) * 4], key[:, head * 4 : (head + 1) * 4]
+        expected = torch.softmax(q @ k.T / 2.0, dim=1)
+        torch.testing.assert_close(affinity[head], expected)
