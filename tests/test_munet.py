@@ -192,6 +192,9 @@ def test_paper_recipe_experiment():
     quick = compose_train("experiment=munet_quick")
     stm_quick = compose_train("experiment=stm_quick")
     assert quick.model.name == "munet_r18"
+    # the trainer differs only by the step count: 200 (its 400-step run peaked at step 200, docs/quickstart.md)
+    assert (quick.trainer.max_steps, stm_quick.trainer.max_steps) == (200, 400)
+    quick.trainer.max_steps = stm_quick.trainer.max_steps
     assert quick.optim == stm_quick.optim and quick.trainer == stm_quick.trainer
     # the data differ only by the frame gap: the MU-Layer trains on consecutive frames, as it runs at inference
     assert (quick.data.train.max_gap, stm_quick.data.train.max_gap) == (1, 5)
