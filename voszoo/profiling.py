@@ -55,6 +55,7 @@ __all__ = [
     "cpu_model_name",
     "describe_device",
     "machine_info",
+    "mac_formulas",
     "main",
     "profile_model",
 ]
@@ -85,6 +86,13 @@ def _flop_counter() -> Any:
     if cpu_sdpa is not None:
         custom[cpu_sdpa] = _sdpa_cpu_flops
     return FlopCounterMode(display=False, custom_mapping=custom)
+
+
+def mac_formulas() -> dict[Any, Callable[..., int]]:
+    """FLOP formulas of the ops :func:`count_macs` counts, by op packet (e.g. ``torch.ops.aten.convolution``): each
+    takes the op's arguments (tensors) and ``out_val=`` its output, and returns FLOPs (= 2 x MACs). The same table
+    as ``count_macs``'s counter, for an observer that times and counts op by op (``benchmarks/bench_roofline.py``)."""
+    return dict(_flop_counter().flop_registry)
 
 
 def _synthetic_labels(height: int, width: int, num_objects: int) -> np.ndarray:
