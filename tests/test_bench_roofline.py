@@ -174,3 +174,19 @@ def test_end_to_end_tiny_run_merges_and_resumes(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
     assert json.loads(out.read_text())["results"] == [row]
+
+
+@pytest.mark.parametrize(("groups", "input_grad"), [(1, True), (16, True), (16, False)])
+def test_convolution_backward_counts_each_gradient_once_per_forward_multiplication(groups, input_grad):
+    # a depthwise 5x5 conv's weight gradient: torch's own formula ignores groups and counts it 16x here
+    x = torch.rand(2, 16, 6, 6, requires_grad=input_grad)
+    w = torch.rand(16, 16 // groups, 5, 5, requires_grad=True)
+    forward_macs = 2 * 16 * 36 * (16 // groups) * 25  # B x Cout x HW x Cin/groups x k^2
+    census = _census()
+    with census:
+        y = F.conv2d(x, w, padding=2, groups=groups)
+    assert _macs(census) == forward_macs
+    census = _census()
+    with census:
+        y.sum().backward()
+    assert _macs(census) == forward_macs * (2 if input_grad else 1)
