@@ -520,9 +520,9 @@ def main(argv: list[str] | None = None) -> int:
         existing = json.loads(args.json.read_text()) if args.json.is_file() else {}
         existing.setdefault("results", {})
         for model in models:
-            key = (
-                model + ("@paper" if args.paper_crop else "") + ("" if args.variant == "eager" else f"+{args.variant}")
-            )
+            key = model + ("@paper" if args.paper_crop else "")
+            key += "" if args.variant == "eager" else f"+{args.variant}"
+            key += "".join(f" {override}" for override in args.override)  # another recipe: another row
             print(f"{key}: {args.warmup} + {args.steps} steps, runs {args.runs}", flush=True)
             results[key] = {**benchmark(model, experiments, args), "machine": machine_info()}
             previous = existing["results"].get(key, {})
