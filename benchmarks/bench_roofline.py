@@ -127,6 +127,16 @@ def op_class(name: str, macs: float, *, view: bool = False) -> str:
     return "elementwise"
 
 
+def _conv_kind(packet: Any, args: tuple) -> str:
+    """``"[depthwise]"``, ``"[grouped]"``, ``"[1x1]"`` or ``""`` for a convolution (their kernels differ most)."""
+    if packet is not torch.ops.aten.convolution or len(args) < 9:
+        return ""
+    weight, groups = args[1], args[8]
+    if groups > 1:
+        return "[depthwise]" if weight.shape[1] == 1 else "[grouped]"
+    return "[1x1]" if all(k == 1 for k in weight.shape[2:]) else ""
+
+
 class OpCensus(TorchDispatchMode):
     """Charges every aten op run inside it to ``stage_of()`` (None: ``"outside"``): calls, CPU seconds
     (``time.thread_time`` around the kernel), MACs (``voszoo.profiling.mac_formulas``), bytes of its tensor
@@ -159,7 +169,7 @@ class OpCensus(TorchDispatchMode):
             tensors = tree_flatten((args, kwargs, out))[0]
             nbytes = sum(_tensor_bytes(t) for t in tensors if isinstance(t, torch.Tensor))
         compute, memory = macs / self.peak_macs, nbytes / self.bandwidth
-        key = (self.stage_of() or "outside", str(packet))
+        key = (self.stage_of() or "outside", str(packet) + _conv_kind(packet, args))
         record = self.records.setdefault(
             key, dict.fromkeys(("calls", "seconds", "macs", "bytes", "roof_seconds", "mem_bound_seconds"), 0.0)
         )
