@@ -139,6 +139,7 @@ def test_ratio_and_reasons():
     )
     assert slow["ratio"] == pytest.approx(0.25)
     assert slow["reason"].startswith("elementwise: 75% of its CPU time") and "_softmax 1500 ms" in slow["reason"]
+    assert slow["reason"].endswith("; then compute-bound MAC ops 25%")  # a runner-up of >= 20 % is named
     # MAC ops that are memory-bound take most of the time
     membound = _stage({"aten.bmm": _record(1.0, macs=1e9, nbytes=4e9, mem_bound=1.0)}, cpu_seconds=1.0)
     assert membound["reason"].startswith("memory-bound: 100%") and "0.2 MACs/byte" in membound["reason"]
