@@ -1,29 +1,38 @@
-"""Training throughput: samples per second of the shared Trainer's step with the real data loader and without it.
+"""Training throughput: time per step of the shared Trainer with the real data loader and without it, the data's own
+cost, and a training step's MACs by stage (issue 22, item 3).
 
 For every model (default: the models of the quick experiments, ``conf/experiment/*_quick.yaml``, each with its
 experiment's recipe: crop size, clip length, objects per clip, batch size, optimizer, EMA, frozen layers; another
-preset gets ``model=<name> trainer=quick``), three numbers:
+preset gets ``model=<name> trainer=quick``; with ``--paper-crop`` each preset at its paper's crop and clip length,
+:data:`PAPER_RECIPES`, batch 1 unless ``--batch-size``), the measurements named by ``--runs``:
 
 - ``loader``: :class:`voszoo.engine.Trainer` ``fit`` on the real ``ClipDataset`` (the trainer builds its own
   DataLoader: ``--workers`` processes, ``pin_memory`` on CUDA, a new iterator per epoch), i.e. what ``voszoo-train``
   runs: forward, backward, gradient clipping, optimizer, schedule and EMA, plus waiting for data;
 - ``preloaded``: the same ``fit`` on one batch, already on the device, repeated: the step with no data cost;
-- ``data only``: the DataLoader alone, built with the trainer's arguments (batch size, workers, ``collate_clips``,
-  ``pin_memory`` on CUDA, the trainer's seeded permutation through ``shard_indices``), no model.
+- ``data``: the DataLoader alone, built with the trainer's arguments (batch size, workers, ``collate_clips``,
+  ``pin_memory`` on CUDA, the trainer's seeded permutation through ``shard_indices``), no model; and once more with 0
+  workers, in this process, whose CPU time per step is then the data's whole cost (``data_cpu_share``: that over the
+  preloaded step's CPU time; below 1, one worker with a core to itself keeps ahead);
+- ``persistent``: the loader over two epochs or more with new workers per epoch and with ``persistent_workers``
+  (``epoch_start_s``: each epoch's wait for its first batch);
+- ``macs``: one forward and backward under ``bench_roofline.OpCensus``: MACs by stage and an estimate of a GPU step
+  at ``--gpu-tmacs`` (compute-bound, labelled as an estimate).
 
-The two trainer runs go through ``Trainer.fit`` itself (no re-implemented loop); a hook stamps the wall clock after
-every step (CUDA synchronised). The first ``--warmup`` steps are not timed (worker start-up, allocator and cuDNN
-warm-up); ``samples/s = batch_size x accumulate x timed steps / seconds``. ``data_bound`` = 1 - loader / preloaded: the
-share of the step spent waiting for data (about 0 when the loader keeps up; it is data-bound when ``data only`` is
-not well above ``preloaded``). Each trainer run starts from freshly built, identically seeded weights; its
-checkpoint and ``metrics.jsonl`` go to a temporary directory, after the timed steps. Weights are random: speed does
-not depend on them.
+``--variant`` runs the trainer with the image encoders in channels-last or ``torch.compile`` of the hot modules.
+The two trainer runs go through ``Trainer.fit`` itself (no re-implemented loop); a hook stamps the wall clock and this
+process's CPU time after every step (CUDA synchronised). The first ``--warmup`` steps are not timed (worker start-up,
+compilation, allocator and cuDNN warm-up); ``samples/s = batch_size x accumulate x timed steps / seconds``.
+``data_bound`` = 1 - loader / preloaded: the share of the step spent waiting for data (wall clock: only meaningful on
+a quiet machine). Each trainer run starts from freshly built, identically seeded weights (random: no ``weights`` is
+loaded; speed does not depend on them); its checkpoint and ``metrics.jsonl`` go to a temporary directory.
 
-Results are merged into ``benchmarks/results/train_throughput.json`` (one entry per model, the latest run wins) and
-rendered as the Markdown table ``benchmarks/results/train_throughput.md`` (also printed).
+Results are merged into ``benchmarks/results/train_throughput.json`` after every model (one entry per model, recipe,
+variant and override; a new run's measurements replace the old ones of the same name, the others stay) and rendered
+as ``benchmarks/results/train_throughput.md`` (also printed).
 
-    python benchmarks/bench_train_throughput.py --steps 3 --warmup 1            # a quick check, every quick model
-    python benchmarks/bench_train_throughput.py --models stm_r18 aot_t --steps 50 --workers 4
+    python benchmarks/bench_train_throughput.py --threads 1 --steps 3 --warmup 1 --runs loader,preloaded,data,macs
+    python benchmarks/bench_train_throughput.py --threads 1 --paper-crop --steps 1 --warmup 1 --runs preloaded,data,macs
     python benchmarks/bench_train_throughput.py --device cuda --amp bf16 --workers 8 --steps 100
 """
 
@@ -434,7 +443,7 @@ def gpu_table(results: dict[str, dict[str, Any]]) -> str:
     stages = ("backbone", "memory_write", "matching", "decoder", "other")
     lines = [
         "| run | clip | forward GMACs (backbone / memory write / matching / decoder / other) | backward GMACs | "
-        "GPU ms estimate per sample (backbone / memory write / matching / decoder / other) | GPU ms total |",
+        "GPU ms estimate per step (backbone / memory write / matching / decoder / other) | GPU ms total |",
         "| --- | --- | --- | ---: | --- | ---: |",
     ]
     for name, row in results.items():
