@@ -121,6 +121,34 @@ def test_stages_attributed_to_the_right_calls():
         assert sum(record[s] for s in STAGES) <= record["total"] + 1e-6
 
 
+def test_custom_clock_and_current_stage(monkeypatch):
+    # a clock advanced only by the model's fake sleeps: every stage must come out exactly, and each sleep must see
+    # the stage it is charged to in timer.stage (what the roofline's op census reads)
+    ticks, seen = [0.0], []
+    model = SleepyModel(encode=0.03, memorize=0.04, match=0.05, decode=0.10, post=0.02)
+    timer = StageTimer(model, clock=lambda: ticks[0])
+
+    def fake_sleep(seconds: float) -> None:
+        ticks[0] += seconds
+        seen.append((timer.stage, seconds))
+
+    monkeypatch.setattr(time, "sleep", fake_sleep)
+    assert timer.stage is None
+    with timer:
+        _run_direct(model, timer, frames=1)
+        assert timer.stage is None
+    frame = timer.frames[1]
+    expected = {"backbone": 30.0, "memory_write": 40.0, "matching": 50.0, "decoder": 120.0, "other": 0.0}
+    assert {key: round(frame[key], 6) for key in expected} == expected
+    assert seen[-5:] == [
+        ("backbone", 0.03),
+        ("matching", 0.05),
+        ("decoder", 0.10),
+        ("decoder", 0.02),
+        ("memory_write", 0.04),
+    ]
+
+
 def test_totals_within_external_wall_time_and_nested_calls_count_once():
     model = SleepyModel(encode=0.02, memorize=0.01, match=0.01, decode=0.01, post=0.0, nested=True)
     image = torch.zeros(1, 3, 4, 4)

@@ -55,6 +55,7 @@ __all__ = [
     "cpu_model_name",
     "describe_device",
     "machine_info",
+    "mac_formulas",
     "main",
     "profile_model",
 ]
@@ -77,14 +78,34 @@ def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args: Any, out_shape=N
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _conv_backward_flops(
+    grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed, *args: Any, out_shape=None, **kw
+) -> int:
+    """FLOPs of ``convolution_backward``: each gradient it computes (input, weight; ``output_mask[:2]``) takes the
+    forward's multiplications once more. torch's own formula ignores ``groups`` in the weight gradient, which counts
+    a depthwise convolution's weight gradient ``groups`` times over (a 1024-channel 5x5 depthwise conv: 1000x)."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    output_mask = args[2] if len(args) > 2 else kw.get("output_mask", (True, True, True))  # after padding, groups
+    forward = conv_flop_count(x_shape, w_shape, grad_out_shape, transposed=transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def _flop_counter() -> Any:
     from torch.utils.flop_counter import FlopCounterMode
 
-    custom = {}
+    custom = {torch.ops.aten.convolution_backward: _conv_backward_flops}
     cpu_sdpa = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
     if cpu_sdpa is not None:
         custom[cpu_sdpa] = _sdpa_cpu_flops
     return FlopCounterMode(display=False, custom_mapping=custom)
+
+
+def mac_formulas() -> dict[Any, Callable[..., int]]:
+    """FLOP formulas of the ops :func:`count_macs` counts, by op packet (e.g. ``torch.ops.aten.convolution``): each
+    takes the op's arguments (tensors) and ``out_val=`` its output, and returns FLOPs (= 2 x MACs). The same table
+    as ``count_macs``'s counter, for an observer that times and counts op by op (``benchmarks/bench_roofline.py``)."""
+    return dict(_flop_counter().flop_registry)
 
 
 def _synthetic_labels(height: int, width: int, num_objects: int) -> np.ndarray:

@@ -23,7 +23,10 @@ its own with ``decoder_attr`` (a dotted submodule path). A model whose ``segment
 all of ``segment`` as matching.
 
 Timing: on CUDA ``torch.cuda.Event`` pairs on the current stream of the model's device, read after one
-``torch.cuda.synchronize`` at the end of each frame; elsewhere ``time.perf_counter``. The timer only wraps the
+``torch.cuda.synchronize`` at the end of each frame; elsewhere ``time.perf_counter``, or the ``clock`` you pass
+(e.g. ``time.thread_time``: CPU time, which hardly changes when other processes share the cores; any monotonic
+counter works, the frames then hold 1000x its differences). :attr:`StageTimer.stage` names the stage running now,
+so that an op-level observer (a dispatch mode) can charge each op to its stage. The timer only wraps the
 three methods (instance attributes shadowing the class's) and adds one forward pre-hook to the decoder; it never
 touches tensors, so outputs are unchanged, and leaving the ``with`` block removes both.
 
@@ -54,18 +57,19 @@ _METHODS = (("encode", "backbone"), ("memorize", "memory_write"), ("segment", "m
 
 
 class _Clock:
-    """Time marks: CUDA events on ``device``'s current stream, else ``time.perf_counter`` seconds."""
+    """Time marks: CUDA events on ``device``'s current stream, else ``read()`` seconds (``time.perf_counter``)."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, read: Callable[[], float] | None = None) -> None:
         self.device = device
-        self.cuda = device.type == "cuda"
+        self.cuda = device.type == "cuda" and read is None
+        self.read = read or time.perf_counter
 
     def mark(self) -> Any:
         if self.cuda:
             event = torch.cuda.Event(enable_timing=True)
             event.record(torch.cuda.current_stream(self.device))
             return event
-        return time.perf_counter()
+        return self.read()
 
     def synchronize(self) -> None:
         if self.cuda:
@@ -87,14 +91,23 @@ class StageTimer:
             decoder submodule).
         decoder_attr: dotted path of the decoder submodule, whose first call inside ``segment`` ends matching.
         device: where the model runs (CUDA: event timing); None = the device of its first parameter (CPU if none).
+        clock: a function returning seconds (e.g. ``time.thread_time`` for CPU time); None: CUDA events on CUDA,
+            ``time.perf_counter`` elsewhere. A clock given on CUDA is read as is (synchronise inside it if needed).
 
     Attributes:
         frames: one dict per completed :meth:`frame` block, milliseconds: ``backbone``, ``memory_write``,
             ``matching``, ``decoder``, ``other`` (the rest of the frame) and ``total`` (the whole block).
+        stage: the stage running now: one of ``STAGES``, ``"other"`` inside a :meth:`frame` block but outside every
+            stage, None outside frames.
     """
 
     def __init__(
-        self, model: nn.Module, *, decoder_attr: str = "decoder", device: torch.device | str | None = None
+        self,
+        model: nn.Module,
+        *,
+        decoder_attr: str = "decoder",
+        device: torch.device | str | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         missing = [name for name, _ in _METHODS if not callable(getattr(model, name, None))]
         if missing:
@@ -111,7 +124,8 @@ class StageTimer:
             device = first.device if first is not None else torch.device("cpu")
         self.model = model
         self.decoder = decoder
-        self.clock = _Clock(torch.device(device))
+        self.clock = _Clock(torch.device(device), clock)
+        self.stage: str | None = None
         self.frames: list[dict[str, float]] = []
         self._active = False
         self._saved: dict[str, Any] = {}
@@ -148,6 +162,7 @@ class StageTimer:
             self._hook = None
         self._active = False
         self._marks = None
+        self.stage = None
         self._depth = 0
         self._in_segment = False
 
@@ -162,12 +177,14 @@ class StageTimer:
             raise RuntimeError("StageTimer.frame: frames cannot be nested")
         marks: list[tuple[str, Any, Any]] = []
         self._marks = marks
+        self.stage = "other"
         start = self.clock.mark()
         try:
             yield
             end = self.clock.mark()
         finally:
             self._marks = None
+            self.stage = None
         self.clock.synchronize()
         record = dict.fromkeys(STAGES, 0.0)
         for stage, begin, finish in marks:
@@ -191,12 +208,14 @@ class StageTimer:
             if marks is None or self._depth:
                 return original(*args, **kwargs)
             self._depth += 1
+            self.stage = stage
             try:
                 start = self.clock.mark()
                 result = original(*args, **kwargs)
                 marks.append((stage, start, self.clock.mark()))
             finally:
                 self._depth -= 1
+                self.stage = "other"
             return result
 
         return timed
@@ -208,6 +227,7 @@ class StageTimer:
                 return original(*args, **kwargs)
             self._depth += 1
             self._in_segment, self._split = True, None
+            self.stage = "matching"
             try:
                 start = self.clock.mark()
                 result = original(*args, **kwargs)
@@ -218,6 +238,7 @@ class StageTimer:
             finally:
                 self._depth -= 1
                 self._in_segment, self._split = False, None
+                self.stage = "other"
             return result
 
         return timed
@@ -225,3 +246,4 @@ class StageTimer:
     def _decoder_called(self, module: nn.Module, args: Any) -> None:
         if self._in_segment and self._split is None:
             self._split = self.clock.mark()
+            self.stage = "decoder"
