@@ -42,7 +42,7 @@ class SmoothFlow(nn.Module):
         return (current - previous)[:, :2] * 3.0
 
 
-def tiny_batman(*, flow=None, attention="bilateral", calibration=True, flow_loss_weight=1.0):
+def tiny_batman(*, flow=None, attention="bilateral", calibration=True, flow_loss_weight=1.0, **transformer_switches):
     torch.manual_seed(0)
     d, m = 16, 4
     return BATMAN(
@@ -56,6 +56,7 @@ def tiny_batman(*, flow=None, attention="bilateral", calibration=True, flow_loss
             spatial_radius=1,
             bilateral_window=3,
             attention=attention,
+            **transformer_switches,
         ),
         decoder=FPNHead(
             in_channels=2 * d, out_channels=m + 1, hidden_channels=8, skip_channels=(16, 8, 8), gn_groups=2
@@ -217,3 +218,35 @@ def test_constructor_errors():
             identity=IdentityBank(num_identities=4, embed_dim=16),
             flow=SmoothFlow(),
         )
+
+
+@pytest.mark.parametrize("multi_reference", [False, True])
+def test_bilateral_attention_reads_the_previous_frame_or_every_memory_frame(multi_reference):
+    """Sec. 3.2's paper reading (``multi_reference``): the bilateral attention reads every memory frame, the previous
+    one once; the default reads the previous frame alone. Long-term memory every 2 frames after the reference."""
+    model = tiny_batman(multi_reference=multi_reference, separate_key=True).eval()
+    seen = []
+    model.transformer.layers[0].bilateral_attn.register_forward_pre_hook(lambda _, args: seen.append(args[1].shape))
+    images = torch.randn(5, 1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    memory = model.new_memory(EveryN(n=2), num_objects=2)
+    with torch.no_grad():
+        feats = model.encode(images[0])
+        model.memorize(memory, feats, labels_to_probs(tiny_clip(void_corner=False).labels[:1, 0], 2), 0)
+        seen.clear()  # the reference frame attends to itself
+        for t in range(1, 5):
+            feats = model.encode(images[t])
+            model.memorize(memory, feats, model.segment(memory, feats).softmax(1), t)
+    if multi_reference:
+        # memory before frames 1..4: {0}, {0, prev 1}, {0, 2}, {0, 2, prev 3}
+        assert [shape[2] for shape in seen] == [1, 2, 2, 3] and all(len(shape) == 5 for shape in seen)
+    else:
+        assert all(len(shape) == 4 for shape in seen) and len(seen) == 4
+
+
+def test_paper_reading_trains_every_parameter():
+    model = tiny_batman(multi_reference=True, separate_key=True)
+    out = model(tiny_clip())
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert model.transformer.layers[0].linear_K.weight.grad.abs().sum() > 0
