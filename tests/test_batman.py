@@ -250,3 +250,32 @@ def test_paper_reading_trains_every_parameter():
     assert torch.isfinite(out["loss"])
     assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
     assert model.transformer.layers[0].linear_K.weight.grad.abs().sum() > 0
+
+
+# -- the paper recipe (Sec. 4.1): experiment=batman_paper_static, then experiment=batman_paper ----------------------
+def compose_recipe(name, *overrides):
+    from voszoo.hydra_compose import compose_config
+
+    # data=static / davis_youtube point at folders that are not here; their numbers do not depend on them
+    return compose_config("train", [f"experiment={name}", "data=toyvos", *overrides])
+
+
+@pytest.mark.parametrize("stage", ["batman_paper_static", "batman_paper"])
+def test_paper_recipe_states_the_papers_numbers(stage, tmp_path, monkeypatch):
+    monkeypatch.setenv("VOSZOO_WEIGHTS", str(tmp_path))
+    cfg = compose_recipe(stage)
+    assert cfg.model.name == "batman" and cfg.model.transformer.num_layers == 12
+    assert (cfg.trainer.batch_size, cfg.trainer.max_steps) == (16, 100_000)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 2e-4, 0.07)
+    assert cfg.trainer.ema_decay == 0.9999
+    assert cfg.model.transformer.multi_reference and cfg.model.transformer.separate_key  # Sec. 3.2, Eq. 3
+    assert (
+        cfg.model.criterion.bootstrap_ratio < 1 and cfg.model.criterion.jaccard_weight > 0
+    )  # bootstrapped CE + Jaccard
+    assert cfg.model.flow.variant == "large" and cfg.model.flow.weights == f"{tmp_path}/raft_large_C_T_V1-22a6c225.pth"
+    assert bool(cfg.get("init_required")) == (stage == "batman_paper")
+    # RAFT comes from a local file: a missing one is an error naming the override, never a download
+    from voszoo.instantiate import build
+
+    with pytest.raises(ValueError, match="no such file .*model.flow.weights"):
+        build(cfg.model.flow, key="model.flow")
