@@ -309,8 +309,8 @@ class MultiheadBilateralAttention(nn.Module):
                 f"(B, C, H, W); got key {tuple(key.shape)} with {key.shape[2]} frames: build it with "
                 "multi_reference=True (model.transformer.multi_reference=true) or give it one frame"
             )
-        b, c, height, width = query.shape if query.ndim == 4 else (None,) * 4
-        frames = () if key.ndim == 4 else tuple(key.shape[2:3])
+        frames = tuple(key.shape[2:3]) if key.ndim == 5 else ()
+        b, c, height, width = query.shape if query.ndim == 4 else (0, 0, 0, 0)
         expected = (b, self.d_model, *frames, height, width)
         if query.ndim != 4 or c != self.d_model or key.shape != expected or value.shape != expected:
             raise ValueError(
