@@ -42,7 +42,7 @@ class SmoothFlow(nn.Module):
         return (current - previous)[:, :2] * 3.0
 
 
-def tiny_batman(*, flow=None, attention="bilateral", calibration=True, flow_loss_weight=1.0):
+def tiny_batman(*, flow=None, attention="bilateral", calibration=True, flow_loss_weight=1.0, **transformer_switches):
     torch.manual_seed(0)
     d, m = 16, 4
     return BATMAN(
@@ -56,6 +56,7 @@ def tiny_batman(*, flow=None, attention="bilateral", calibration=True, flow_loss
             spatial_radius=1,
             bilateral_window=3,
             attention=attention,
+            **transformer_switches,
         ),
         decoder=FPNHead(
             in_channels=2 * d, out_channels=m + 1, hidden_channels=8, skip_channels=(16, 8, 8), gn_groups=2
@@ -129,7 +130,7 @@ def test_raft_flow_is_frozen_and_loads_weights(tmp_path):
     x, y = torch.randn(1, 3, 64, 64), torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(loaded(x, y), source(x, y))
     assert loaded(x, y).shape == (1, 2, 64, 64)
-    with pytest.raises(ValueError, match="neither a file nor"):
+    with pytest.raises(ValueError, match="'no_such_weights': no such file .*model.flow.weights"):
         RAFTFlow(variant="small", weights="no_such_weights")
     with pytest.raises(ValueError, match="unknown variant"):
         RAFTFlow(variant="huge")
@@ -217,3 +218,64 @@ def test_constructor_errors():
             identity=IdentityBank(num_identities=4, embed_dim=16),
             flow=SmoothFlow(),
         )
+
+
+@pytest.mark.parametrize("multi_reference", [False, True])
+def test_bilateral_attention_reads_the_previous_frame_or_every_memory_frame(multi_reference):
+    """Sec. 3.2's paper reading (``multi_reference``): the bilateral attention reads every memory frame, the previous
+    one once; the default reads the previous frame alone. Long-term memory every 2 frames after the reference."""
+    model = tiny_batman(multi_reference=multi_reference, separate_key=True).eval()
+    seen = []
+    model.transformer.layers[0].bilateral_attn.register_forward_pre_hook(lambda _, args: seen.append(args[1].shape))
+    images = torch.randn(5, 1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    memory = model.new_memory(EveryN(n=2), num_objects=2)
+    with torch.no_grad():
+        feats = model.encode(images[0])
+        model.memorize(memory, feats, labels_to_probs(tiny_clip(void_corner=False).labels[:1, 0], 2), 0)
+        seen.clear()  # the reference frame attends to itself
+        for t in range(1, 5):
+            feats = model.encode(images[t])
+            model.memorize(memory, feats, model.segment(memory, feats).softmax(1), t)
+    if multi_reference:
+        # memory before frames 1..4: {0}, {0, prev 1}, {0, 2}, {0, 2, prev 3}
+        assert [shape[2] for shape in seen] == [1, 2, 2, 3] and all(len(shape) == 5 for shape in seen)
+    else:
+        assert all(len(shape) == 4 for shape in seen) and len(seen) == 4
+
+
+def test_paper_reading_trains_every_parameter():
+    model = tiny_batman(multi_reference=True, separate_key=True)
+    out = model(tiny_clip())
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+    assert model.transformer.layers[0].linear_K.weight.grad.abs().sum() > 0
+
+
+# -- the paper recipe (Sec. 4.1): experiment=batman_paper_static, then experiment=batman_paper ----------------------
+def compose_recipe(name, *overrides):
+    from voszoo.hydra_compose import compose_config
+
+    # data=static / davis_youtube point at folders that are not here; their numbers do not depend on them
+    return compose_config("train", [f"experiment={name}", "data=toyvos", *overrides])
+
+
+@pytest.mark.parametrize("stage", ["batman_paper_static", "batman_paper"])
+def test_paper_recipe_states_the_papers_numbers(stage, tmp_path, monkeypatch):
+    monkeypatch.setenv("VOSZOO_WEIGHTS", str(tmp_path))
+    cfg = compose_recipe(stage)
+    assert cfg.model.name == "batman" and cfg.model.transformer.num_layers == 12
+    assert (cfg.trainer.batch_size, cfg.trainer.max_steps) == (16, 100_000)
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay) == ("adamw", 2e-4, 0.07)
+    assert cfg.trainer.ema_decay == 0.9999
+    assert cfg.model.transformer.multi_reference and cfg.model.transformer.separate_key  # Sec. 3.2, Eq. 3
+    assert (
+        cfg.model.criterion.bootstrap_ratio < 1 and cfg.model.criterion.jaccard_weight > 0
+    )  # bootstrapped CE + Jaccard
+    assert cfg.model.flow.variant == "large" and cfg.model.flow.weights == f"{tmp_path}/raft_large_C_T_V1-22a6c225.pth"
+    assert bool(cfg.get("init_required")) == (stage == "batman_paper")
+    # RAFT comes from a local file: a missing one is an error naming the override, never a download
+    from voszoo.instantiate import build
+
+    with pytest.raises(ValueError, match="no such file .*model.flow.weights"):
+        build(cfg.model.flow, key="model.flow")

@@ -1,9 +1,11 @@
 """BATMAN's bilateral attention (shared/papers/000, Sec. 3.2, Eq. 1-3) against naive dense references."""
 
 import itertools
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from voszoo.layers.bilateral import (
     BilateralBlock,
@@ -191,3 +193,119 @@ def test_bilateral_short_term_matcher_equals_the_dense_reference_with_appearance
     for a, b in zip(grads, grads_ref, strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
     assert grads[-1].abs().sum() > 0  # the encoding learns through the E bias
+
+
+# -- the paper's reading of Sec. 3.2: K, V from several reference frames, separate W^K --------------------------------
+def naive_multi_reference(attn, q, k, v, e):
+    """Eq. 1-3 with K and V from T reference frames, by loops. For query (y, x) and head n: the positions (i, j) kept
+    by Eq. 2 (ranks of the query frame's E in the window) are read in EVERY frame t, logit q.k_t(i, j) / sqrt(d) +
+    E(i, j), one softmax over all of them; heads concatenated, then W^O. q: (B, C, H, W); k, v: (B, C, T, H, W);
+    e: (B, 1, H, W). Returns (B, H*W, C)."""
+    b_, c, frames, h, w = k.shape
+    nh = attn.num_heads
+    d = c // nh
+    kept = brute_force_keep(e.detach(), attn.window_size, attn.bilateral_window)
+    samples = []
+    for b in range(b_):
+        tokens = []
+        for y, x in itertools.product(range(h), range(w)):
+            heads = []
+            for n in range(nh):
+                ch = slice(n * d, (n + 1) * d)
+                logits, values = [], []
+                for t in range(frames):
+                    for i, j in sorted(kept[(b, y, x)]):
+                        logits.append((q[b, ch, y, x] * k[b, ch, t, i, j]).sum() / math.sqrt(d) + e[b, 0, i, j])
+                        values.append(v[b, ch, t, i, j])
+                weights = torch.softmax(torch.stack(logits), dim=0)
+                heads.append((weights[:, None] * torch.stack(values)).sum(0))
+            tokens.append(torch.cat(heads))
+        samples.append(torch.stack(tokens))
+    return torch.stack(samples) @ attn.projection.weight.T + attn.projection.bias
+
+
+def test_multi_reference_bilateral_attention_matches_the_loop_reference():
+    torch.manual_seed(0)
+    attn = MultiheadBilateralAttention(
+        d_model=8, num_heads=2, spatial_radius=1, bilateral_window=2, multi_reference=True
+    ).double()
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(2, 8, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    k, v = (torch.randn(2, 8, 3, 4, 5, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    e = torch.randn(2, 1, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    out = attn(q, k, v, e)
+    ref = naive_multi_reference(attn, q, k, v, e)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    upstream = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    leaves = (q, k, v, e, attn.projection.weight)
+    for a, b in zip(
+        torch.autograd.grad(out, leaves, upstream), torch.autograd.grad(ref, leaves, upstream), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    # one frame of several is not the previous-frame reading: the other frames change the output
+    single = attn(q, k[:, :, -1], v[:, :, -1], e)
+    assert not torch.allclose(single, out)
+
+
+def test_multi_reference_is_a_switch_that_cannot_be_ignored():
+    q, e = torch.randn(1, 8, 4, 5), torch.randn(1, 1, 4, 5)
+    frames = torch.randn(1, 8, 2, 4, 5)
+    previous_only = MultiheadBilateralAttention(d_model=8, num_heads=2, spatial_radius=1, bilateral_window=2)
+    with pytest.raises(ValueError, match="multi_reference=False.*2 frames.*multi_reference=True"):
+        previous_only(q, frames, frames, e)
+    with pytest.raises(ValueError, match="backend='flex' takes one"):
+        MultiheadBilateralAttention(d_model=8, num_heads=2, multi_reference=True, backend="flex")
+    multi = MultiheadBilateralAttention(
+        d_model=8, num_heads=2, spatial_radius=1, bilateral_window=2, multi_reference=True
+    )
+    with pytest.raises(ValueError, match="on its grid"):
+        multi(q, frames[..., :4], frames[..., :4], e)
+
+
+def test_block_with_separate_key_and_multi_reference_matches_naive():
+    """One block in the paper's reading: memory keys from the block's own W^K, bilateral attention over every given
+    frame. Self- and cross-attention are the block's own (tested with AOT's LSTT); the rest is written out."""
+    torch.manual_seed(1)
+    size, c, frames = (4, 5), 8, 2
+    block = BilateralBlock(
+        d_model=c,
+        self_heads=2,
+        att_heads=2,
+        dim_feedforward=16,
+        spatial_radius=1,
+        bilateral_window=2,
+        separate_key=True,
+        multi_reference=True,
+    ).double()
+    g = torch.Generator().manual_seed(2)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+
+    x, pos, e = rand(2, 20, c), rand(1, 20, c), rand(2, 1, *size)
+    mem_k, mem_v = rand(2, frames, 20, c), rand(2, frames, 20, c)  # stored memory of two frames
+    long_term = (mem_k.flatten(1, 2), mem_v.flatten(1, 2))
+    maps = tuple(m.permute(0, 3, 1, 2).unflatten(-1, size) for m in (mem_k, mem_v))  # (B, C, T, h, w)
+    out, key, value = block(x, size=size, encoding=e, pos=pos, long_term=long_term, short_term=maps)
+
+    y = block.norm1(x)
+    x1 = x + block.norm1_post(block.self_attn(y + pos, y + pos, y))
+    y2 = block.norm2(x1)
+    q = y2 @ block.linear_Q.weight.T + block.linear_Q.bias
+    cross = block.cross_attn(q, *long_term)
+    local = naive_multi_reference(block.bilateral_attn, q.transpose(1, 2).unflatten(-1, size), *maps, e)
+    x2 = x1 + block.norm2_post(cross + local)
+    ref = x2 + block.linear2(F.gelu(block.linear1(block.norm3(x2))))
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(key, y2 @ block.linear_K.weight.T + block.linear_K.bias)  # W^K, not W^Q
+    assert not torch.allclose(key, q)
+    torch.testing.assert_close(value, y2)
+    upstream = rand(2, 20, c).detach()
+    leaves = (x, e, mem_k, mem_v, block.linear_Q.weight, block.bilateral_attn.projection.weight)
+    grads = torch.autograd.grad((out * upstream).sum() + key.sum(), leaves)
+    ref_grads = torch.autograd.grad((ref * upstream).sum() + (y2 @ block.linear_K.weight.T).sum(), leaves)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    # the default ties W^K to W^Q: no linear_K, the memory key is the query projection
+    tied = BilateralBlock(d_model=c, self_heads=2, att_heads=2, dim_feedforward=16, spatial_radius=1)
+    assert tied.linear_K is None and "linear_K.weight" not in tied.state_dict()

@@ -260,3 +260,70 @@ def test_module_backends_agree_and_dropout_only_in_training():
     assert not torch.allclose(a(q, k, v), b(q, k, v), atol=1e-3)
     with pytest.raises(ValueError, match="query must be"):
         a(q[:, :8], k, v)
+
+
+# -- several key maps (BATMAN's bilateral attention over several reference frames, Yu et al. ECCV 2022, Sec. 3.2) -----
+def naive_multi_map_attention(q, k, v, *, window, dilation, bias, keep, rel_v):
+    """One query at a time, one softmax over the in-image, kept window slots of EVERY map t.
+
+    q: (B, h, dk, H, W); k: (B, h, dk, T, H, W); v: (B, h, dv, T, H, W); bias/keep: (B, h, window^2, H, W), the same
+    for every map; rel_v: (h, dv, window^2).
+    """
+    b_, h_, dk, height, width = q.shape
+    frames = k.shape[3]
+    r = (window - 1) // 2
+    out = torch.zeros(b_, h_, v.shape[2], height, width, dtype=v.dtype)
+    for b in range(b_):
+        for head in range(h_):
+            for y in range(height):
+                for x in range(width):
+                    logits, values = [], []
+                    for t in range(frames):
+                        for o in range(window * window):
+                            ky, kx = y + (o // window - r) * dilation, x + (o % window - r) * dilation
+                            if 0 <= ky < height and 0 <= kx < width and keep[b, head, o, y, x]:
+                                logit = (q[b, head, :, y, x] * k[b, head, :, t, ky, kx]).sum() * dk**-0.5
+                                logits.append(logit + bias[b, head, o, y, x])
+                                values.append(v[b, head, :, t, ky, kx] + rel_v[head, :, o])
+                    if logits:
+                        weights = torch.softmax(torch.stack(logits), dim=0)
+                        out[b, head, :, y, x] = (weights[:, None] * torch.stack(values)).sum(0)
+    return out
+
+
+@pytest.mark.parametrize("backend", TRAIN_BACKENDS)
+@pytest.mark.parametrize("dilation", [1, 2])
+def test_several_key_maps_share_one_softmax(backend, dilation):
+    g = torch.Generator().manual_seed(5)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=g, dtype=torch.float64).requires_grad_(True)
+
+    q, k, v = rand(1, 2, 3, 5, 6), rand(1, 2, 3, 3, 5, 6), rand(1, 2, 4, 3, 5, 6)  # T = 3 key maps
+    bias, rel_v = rand(1, 2, 9, 5, 6), rand(2, 4, 9)
+    keep = torch.rand(1, 2, 9, 5, 6, generator=g) < 0.6
+    keep[0, 1, :, 2, 2] = False  # a query with nothing kept in any map: zeros
+    leaves = (q, k, v, bias, rel_v)
+    kw = dict(bias=bias, keep=keep, relative_value=rel_v, dilation=dilation, backend=backend, tile_size=4)
+    out = local_window_attention(q, k, v, window_size=3, **kw)
+    ref = naive_multi_map_attention(q, k, v, window=3, dilation=dilation, bias=bias, keep=keep, rel_v=rel_v)
+    torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-10)
+    assert out[0, 1, :, 2, 2].abs().sum() == 0
+    upstream = torch.randn(ref.shape, generator=g, dtype=torch.float64)
+    grads, ref_grads = torch.autograd.grad(out, leaves, upstream), torch.autograd.grad(ref, leaves, upstream)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10)
+    # one map given with T = 1 is the single-map call
+    single = local_window_attention(q, k[:, :, :, 1], v[:, :, :, 1], window_size=3, **kw)
+    torch.testing.assert_close(local_window_attention(q, k[:, :, :, 1:2], v[:, :, :, 1:2], window_size=3, **kw), single)
+
+
+def test_several_key_maps_bad_arguments():
+    q, k, v, *_ = make_inputs(window=3)
+    frames_k, frames_v = k[:, :, :, None].expand(-1, -1, -1, 2, -1, -1), v[:, :, :, None].expand(-1, -1, -1, 2, -1, -1)
+    with pytest.raises(ValueError, match="backend='flex' takes one key map, got T=2"):
+        local_window_attention(q.detach(), frames_k.detach(), frames_v.detach(), window_size=3, backend="flex")
+    with pytest.raises(ValueError, match="both"):
+        local_window_attention(q, frames_k, v, window_size=3)
+    with pytest.raises(ValueError, match="with T=2 frames"):
+        local_window_attention(q, frames_k[..., :5], frames_v, window_size=3)

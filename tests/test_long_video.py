@@ -51,12 +51,12 @@ def tiny_overrides(name: str) -> tuple[list[str], dict[str, Any]]:
             "memory_embedding.in_channels": 256,
             "memory_embedding.out_channels": 16,
             "transformer.key_channels": 8,
-            "projection.in_channels": 32,
-            "projection.out_channels": 32,
-            "decoder.in_channels": 32,
+            "decoder.in_channels": 16,  # T_out (sitvos_paper: no projection)
             "decoder.skip_channels": resnet18_skips[1:],
             "decoder.hidden_channels": 16,
         }
+        if cfg.projection is not None:  # [T_out, Q_ori] -> projection (the official code's layout)
+            values.update({"projection.in_channels": 32, "projection.out_channels": 32, "decoder.in_channels": 32})
     elif family == "AOT":
         layers = int(cfg.lstt.num_layers)  # kept: every layer writes its own memory tensors
         groups = ["backbone@model.encoder=resnet18"] if "depth" in cfg.encoder else []

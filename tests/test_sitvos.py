@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision
 from clips_util import tiny_clip
+from omegaconf import OmegaConf
 from torch import nn
 
 from voszoo.backbones import ResNetBackbone
@@ -390,6 +391,56 @@ def test_sitvos_preset_has_the_official_layout():
     assert model.mask_encoder.conv1.weight.shape == (64, 1, 7, 7)
 
 
+def test_sitvos_paper_preset_has_the_paper_layout():
+    """model=sitvos_paper by hand from Sec. 3.1-3.4: one shared 1x1 embedding 1024 -> C = 256, a 1x1 mask embedding
+    256 -> 256, five single-head blocks each with W^Q, W^K (256 -> 64), W^V (256 x 256) and its own LayerNorm, T_out
+    (256) straight into the decoder (convolution + residual block, two refinement modules, 2-channel output)."""
+    torch.manual_seed(0)
+    model = build_model(compose_model_config("sitvos_paper"))
+    r50, r18 = torchvision.models.resnet50(), torchvision.models.resnet18()
+
+    def count(*modules):
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    def conv(i, o, k):
+        return i * o * k * k + o
+
+    residual = 2 * conv(256, 256, 3)
+    block = 2 * 256 * 64 + 256 * 256 + 2 * 256  # W^Q, W^K, W^V (no bias), LayerNorm
+    expected = (
+        count(r50.conv1, r50.bn1, r50.layer1, r50.layer2, r50.layer3)
+        + 64 * 49
+        + count(r18.bn1, r18.layer1, r18.layer2, r18.layer3)
+        + conv(1024, 256, 1)
+        + conv(256, 256, 1)
+        + 5 * block
+        + conv(256, 256, 3)
+        + residual
+        + conv(512, 256, 3)
+        + 2 * residual
+        + conv(256, 256, 3)
+        + 2 * residual
+        + conv(256, 2, 3)
+    )
+    assert sum(p.numel() for p in model.parameters()) == expected
+    assert model.query_embedding is None and model.projection is None and not model.concat_query
+    assert model.memory_embedding.kernel_size == model.mask_embedding.kernel_size == (1, 1)
+    blocks = [getattr(model.transformer, n) for n in ("memory_self", "query_self", "memory_cross", "query_cross")]
+    blocks.append(model.transformer.output_cross)
+    assert all(b.to_value is not None and b.key_channels == 64 and b.temperature == 8.0 for b in blocks)
+    assert len({id(b.norm) for b in blocks}) == 5
+    # the preset is the sitvos preset with the overrides docs/methods/sitvos.md lists
+    overrides = [*PAPER_OVERRIDES[:-1], "memory_embedding.out_channels=256", "decoder.in_channels=256"]
+    paper, overridden = (
+        OmegaConf.to_container(cfg, resolve=True)
+        for cfg in (compose_model_config("sitvos_paper"), compose_model_config("sitvos", overrides))
+    )
+    assert {**paper, "name": None} == {**overridden, "name": None}
+    out = model(tiny_clip())
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and params_without_grad(model) == []
+
+
 def _one_step(model):
     memory = model.new_memory(FixedCount(count=7), num_objects=1)
     labels = torch.zeros(1, 32, 32, dtype=torch.long)
@@ -437,3 +488,28 @@ def test_paper_variant_is_data():
     out = model(tiny_clip())
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and params_without_grad(model) == []
+
+
+# -- the paper recipe (Sec. 3.5) and Table 3's training-data rows ---------------------------------------------------
+@pytest.mark.parametrize("stage", ["sitvos_paper_static", "sitvos_paper", "sitvos_paper_main_only"])
+def test_paper_recipe_states_the_papers_numbers(stage):
+    from voszoo.hydra_compose import compose_config
+
+    # data=static / davis_youtube point at folders that are not here; their numbers do not depend on them
+    cfg = compose_config("train", [f"experiment={stage}", "data=toyvos"])
+    assert cfg.model.name == "sitvos_paper"
+    assert (cfg.model.criterion.ce_weight, cfg.model.criterion.jaccard_weight, cfg.model.criterion.bootstrap_ratio) == (
+        1.0,
+        0.0,
+        1.0,
+    )  # plain cross-entropy
+    assert (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay, cfg.optim.encoder_lr_mult) == ("adam", 1e-5, 0, 1)
+    assert (cfg.schedule.power, cfg.schedule.warmup_steps) == (0.9, 0)
+    assert (cfg.trainer.batch_size, cfg.trainer.freeze_bn) == (4, True)
+    clip = cfg.data.train if stage.endswith("_static") else cfg.data.clip
+    assert (clip.num_frames, list(clip.transform.size)) == (3, [384, 384])
+    if not stage.endswith("_static"):
+        assert cfg.data.train.sources.davis.max_gap == 26  # intervals 0..25 = index gaps 1..26
+    # Table 3: full training starts from the static stage, main-only from ImageNet
+    assert bool(cfg.get("init_required")) == (stage == "sitvos_paper")
+    assert (cfg.model.encoder.weights is not None) == (stage != "sitvos_paper")

@@ -26,8 +26,18 @@ grid). The dense HW x HW mask of Eq. 1 is never formed: the (window^2, H, W) kee
 differentiable; the gradient reaches E through the bias.
 
 **Multi-head** (Eq. 3): 8 heads of d = C / 8 channels, concatenated, output projection W^O. The per-head input
-projections W^Q, W^K, W^V are the block's shared ``linear_Q`` / ``linear_V`` (the memory keys and values are stored
-projected, as in AOT); ``use_linear=True`` adds the attention's own projections.
+projections W^Q, W^K, W^V are the block's ``linear_Q`` / ``linear_K`` / ``linear_V`` (the memory keys and values are
+stored projected, as in AOT); ``use_linear=True`` adds the attention's own projections. By default W^K IS W^Q
+(``separate_key=False``: AOT's tying, memory keys = linear_Q(LN(x)) of the memorised frame); ``separate_key=True``
+gives the block its own W^K (``linear_K``), Eq. 3's separate W_i^K. Cross-attention and bilateral attention read the
+same stored memory keys, so one W^K serves both, as W^Q and W^V already do.
+
+**Multi-reference** (Sec. 3.2: "K and V are aggregated from multiple reference frames"): with
+``multi_reference=True`` the bilateral attention takes the keys and values of T reference frames, (B, C, T, H, W),
+and every query attends to its Eq. 2 window in each of them under ONE softmax over the T x (2 W_d + 1)^2 slots. The
+paper defines E and M on the query frame's grid only (E holds one scalar per query-frame token), so the same mask
+and the same bias E_{i,j} apply to the key at (i, j) of every reference frame. ``multi_reference=False`` (default)
+reads one frame, (B, C, H, W), and a T-frame memory given to it is an error.
 
 **Bilateral transformer block** (Sec. 3.2, Fig. 2; :class:`BilateralBlock`): self-attention over the query frame
 with a sine position embedding added to its queries and keys (AOT's convention; the paper says the embedding is
@@ -37,8 +47,9 @@ each attention (``x = x + LN_post(attn(LN_pre(x)))``); a two-layer feed-forward 
 Choices: the memory tokens carry AOT's identification embedding fused into the value, V = linear_V(LN(x) + ID)
 (Sec. 4.1 follows [50]); bilateral attention reads the previous frame only (the short-term memory: the bilateral
 mask is defined on the query frame's grid, which only a spatially aligned frame shares), cross-attention reads the
-long-term memory (reference frames). ``attention="spatial_local"`` replaces bilateral attention by plain windowed
-local attention (Table 3 ablation: no rank mask, no E bias).
+long-term memory (reference frames); with ``multi_reference=True`` the model gives the bilateral attention every
+memory frame instead (:class:`voszoo.models.batman.BATMAN`). ``attention="spatial_local"`` replaces bilateral
+attention by plain windowed local attention (Table 3 ablation: no rank mask, no E bias).
 """
 
 from __future__ import annotations
@@ -50,7 +61,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from voszoo.layers.local_attention import LOCAL_ATTENTION_BACKENDS, local_window_attention
-from voszoo.layers.lstt import DropPath, MultiheadAttention, map_to_tokens, tokens_to_map
+from voszoo.layers.lstt import DropPath, MultiheadAttention, tokens_to_map
 
 __all__ = [
     "BILATERAL_ATTENTIONS",
@@ -147,7 +158,10 @@ def bilateral_attention(
     """Multi-head bilateral attention of Eq. 1-2 (heads already split, no projections).
 
     Args:
-        query, key: (B, heads, d, H, W); value: (B, heads, d_v, H, W).
+        query: (B, heads, d, H, W).
+        key, value: (B, heads, d | d_v, H, W) for one reference frame, or (B, heads, d | d_v, T, H, W) for T frames:
+            one softmax over the kept window slots of all T frames (the same M and E bias for each, see the module
+            docstring).
         encoding: E (B, 1, H, W) of the query frame; None = plain spatial local attention (Table 3 ablation).
         window_size: 2 W_d + 1 (15 for W_d = 7). bilateral_window: W_b (84).
         scale: of q.k, default d ** -0.5. dilation, dropout_p, backend: as ``local_window_attention``.
@@ -226,8 +240,11 @@ class MultiheadBilateralAttention(nn.Module):
         attention: ``"bilateral"`` or ``"spatial_local"`` (ignores E: Table 3's baseline).
         dropout: on the attention probabilities in training. backend: of ``local_window_attention``.
         use_linear: own Q/K/V projections (False: inputs arrive projected by the block, see the module docstring).
+        multi_reference: accept T reference frames, key and value (B, C, T, H, W), under one softmax (Sec. 3.2);
+            False: one frame (B, C, H, W) only, and a T-frame input is an error.
 
-    ``forward(query, key, value (B, C, H, W), encoding (B, 1, H, W) | None) -> (B, H*W, C)`` after W^O.
+    ``forward(query (B, C, H, W), key, value (B, C, H, W) or (B, C, T, H, W), encoding (B, 1, H, W) | None)
+    -> (B, H*W, C)`` after W^O.
     """
 
     def __init__(
@@ -241,10 +258,16 @@ class MultiheadBilateralAttention(nn.Module):
         dropout: float = 0.0,
         backend: str = "auto",
         use_linear: bool = False,
+        multi_reference: bool = False,
     ) -> None:
         super().__init__()
         if d_model % num_heads:
             raise ValueError(f"MultiheadBilateralAttention: d_model={d_model} not divisible by num_heads={num_heads}")
+        if multi_reference and backend == "flex":
+            raise ValueError(
+                "MultiheadBilateralAttention: multi_reference=True needs a backend that takes several key maps; "
+                "backend='flex' takes one: use 'auto' (tiled) or 'tiled'"
+            )
         if spatial_radius < 0 or bilateral_window < 0:
             raise ValueError(
                 f"MultiheadBilateralAttention: spatial_radius and bilateral_window must be >= 0, got "
@@ -268,6 +291,7 @@ class MultiheadBilateralAttention(nn.Module):
         self.dropout = dropout
         self.backend = backend
         self.use_linear = use_linear
+        self.multi_reference = multi_reference
         if use_linear:
             self.linear_Q = nn.Linear(d_model, d_model)
             self.linear_K = nn.Linear(d_model, d_model)
@@ -279,18 +303,27 @@ class MultiheadBilateralAttention(nn.Module):
         return 2 * self.spatial_radius + 1
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, encoding: Tensor | None = None) -> Tensor:
-        if query.ndim != 4 or query.shape[1] != self.d_model or key.shape != query.shape or value.shape != query.shape:
+        if key.ndim == 5 and not self.multi_reference:
             raise ValueError(
-                f"MultiheadBilateralAttention: query, key, value must be (B, C={self.d_model}, H, W) alike, got "
-                f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+                f"MultiheadBilateralAttention: built with multi_reference=False, it reads ONE reference frame "
+                f"(B, C, H, W); got key {tuple(key.shape)} with {key.shape[2]} frames: build it with "
+                "multi_reference=True (model.transformer.multi_reference=true) or give it one frame"
+            )
+        frames = tuple(key.shape[2:3]) if key.ndim == 5 else ()
+        b, c, height, width = query.shape if query.ndim == 4 else (0, 0, 0, 0)
+        expected = (b, self.d_model, *frames, height, width)
+        if query.ndim != 4 or c != self.d_model or key.shape != expected or value.shape != expected:
+            raise ValueError(
+                f"MultiheadBilateralAttention: query must be (B, C={self.d_model}, H, W) and key, value (B, C, H, W)"
+                f"{' or (B, C, T, H, W)' if self.multi_reference else ''} on its grid, got {tuple(query.shape)}, "
+                f"{tuple(key.shape)}, {tuple(value.shape)}"
             )
         if self.attention == "bilateral" and encoding is None:
             raise ValueError("MultiheadBilateralAttention: attention='bilateral' needs the bilateral encoding E")
-        b, c, height, width = query.shape
         if self.use_linear:
 
-            def project(linear: nn.Linear, x: Tensor) -> Tensor:
-                return tokens_to_map(linear(map_to_tokens(x)), (height, width))
+            def project(linear: nn.Linear, x: Tensor) -> Tensor:  # over channels, (B, C, [T,] H, W)
+                return linear(x.movedim(1, -1)).movedim(-1, 1)
 
             query, key, value = (
                 project(self.linear_Q, query),
@@ -300,8 +333,8 @@ class MultiheadBilateralAttention(nn.Module):
         nh = self.num_heads
         out = bilateral_attention(
             query.reshape(b, nh, c // nh, height, width),
-            key.reshape(b, nh, c // nh, height, width),
-            value.reshape(b, nh, c // nh, height, width),
+            key.reshape(b, nh, c // nh, *frames, height, width),
+            value.reshape(b, nh, c // nh, *frames, height, width),
             encoding if self.attention == "bilateral" else None,
             window_size=self.window_size,
             bilateral_window=self.bilateral_window,
@@ -314,7 +347,8 @@ class MultiheadBilateralAttention(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"d_model={self.d_model}, num_heads={self.num_heads}, W_d={self.spatial_radius}, "
-            f"W_b={self.bilateral_window}, attention={self.attention!r}, backend={self.backend!r}"
+            f"W_b={self.bilateral_window}, attention={self.attention!r}, backend={self.backend!r}, "
+            f"multi_reference={self.multi_reference}"
         )
 
 
@@ -326,6 +360,8 @@ class BilateralBlock(nn.Module):
         spatial_radius: W_d (7). bilateral_window: W_b (84). attention: ``"bilateral"`` or ``"spatial_local"``.
         droppath: stochastic depth on the residual branches (voszoo's choice, as AOT; 0 disables).
         dropout: attention dropout. local_backend: of ``local_window_attention``.
+        separate_key: memory keys from the block's own W^K (``linear_K``, Eq. 3); False: W^K = W^Q (AOT's tying).
+        multi_reference: the bilateral attention takes T reference frames, (B, C, T, h, w) (Sec. 3.2); False: one.
     """
 
     def __init__(
@@ -341,14 +377,18 @@ class BilateralBlock(nn.Module):
         droppath: float = 0.0,
         dropout: float = 0.0,
         local_backend: str = "auto",
+        separate_key: bool = False,
+        multi_reference: bool = False,
     ) -> None:
         super().__init__()
         self.d_model = d_model
+        self.separate_key = separate_key
         self.norm1 = nn.LayerNorm(d_model)
         self.self_attn = MultiheadAttention(d_model=d_model, num_heads=self_heads, dropout=dropout)
         self.norm1_post = nn.LayerNorm(d_model)
         self.norm2 = nn.LayerNorm(d_model)
         self.linear_Q = nn.Linear(d_model, d_model)
+        self.linear_K = nn.Linear(d_model, d_model) if separate_key else None
         self.linear_V = nn.Linear(d_model, d_model)
         self.cross_attn = MultiheadAttention(d_model=d_model, num_heads=att_heads, dropout=dropout, use_linear=False)
         self.bilateral_attn = MultiheadBilateralAttention(
@@ -359,6 +399,7 @@ class BilateralBlock(nn.Module):
             attention=attention,
             dropout=dropout,
             backend=local_backend,
+            multi_reference=multi_reference,
         )
         self.norm2_post = nn.LayerNorm(d_model)
         self.norm3 = nn.LayerNorm(d_model)
@@ -391,12 +432,13 @@ class BilateralBlock(nn.Module):
             encoding: E (B, 1, h, w) of the query frame (None only with ``attention="spatial_local"``).
             pos: (1 or B, L, C) sine position embedding, added to the self-attention's queries and keys.
             long_term: (K, V) (B, T*L, C) of the reference frames, read by the cross-attention.
-            short_term: (K, V) (B, C, h, w) of the previous frame, read by the bilateral attention.
+            short_term: (K, V) (B, C, h, w) of the previous frame, read by the bilateral attention; with
+                ``multi_reference`` (B, C, T', h, w) of the T' frames it reads.
             id_emb: (B, L, C) identification embedding of this frame's own mask: reference mode (both attentions
                 read this frame; the memories must then be None).
 
         Returns:
-            (output (B, L, C), key linear_Q(LN(x)) (B, L, C), un-fused value LN(x) (B, L, C)).
+            (output (B, L, C), key linear_Q(LN(x)) or linear_K(LN(x)) (B, L, C), un-fused value LN(x) (B, L, C)).
         """
         y = self.norm1(x)
         qk = y if pos is None else y + pos
@@ -404,12 +446,13 @@ class BilateralBlock(nn.Module):
 
         y = self.norm2(x)
         query = self.linear_Q(y)
+        key = self.linear_K(y) if self.linear_K is not None else query  # this frame's memory key
         if id_emb is not None:
             if long_term is not None or short_term is not None:
                 raise ValueError("BilateralBlock: pass either id_emb (reference mode) or the memories, not both")
-            key, value = self.fuse_key_value(query, y, id_emb)
-            long_term = (key, value)
-            short_term = (tokens_to_map(key, size), tokens_to_map(value, size))
+            fused_key, value = self.fuse_key_value(key, y, id_emb)
+            long_term = (fused_key, value)
+            short_term = (tokens_to_map(fused_key, size), tokens_to_map(value, size))
         elif long_term is None or short_term is None:
             raise ValueError("BilateralBlock: without id_emb both long_term and short_term memories are required")
         cross = self.cross_attn(query, *long_term)
@@ -417,14 +460,18 @@ class BilateralBlock(nn.Module):
         x = x + self.norm2_post(cross + local)
 
         x = x + self.droppath(self.linear2(F.gelu(self.linear1(self.norm3(x)))))
-        return x, query, y
+        return x, key, y
+
+    def extra_repr(self) -> str:
+        return f"separate_key={self.separate_key}"
 
 
 class BilateralTransformer(nn.Module):
     """A stack of ``num_layers`` :class:`BilateralBlock` (12 in BATMAN, Sec. 4.1) with a LayerNorm on every output
     passed to the decoder (``decoder_norms``, as AOT's LSTT).
 
-    Block arguments as :class:`BilateralBlock`. ``forward(x (B, L, C), *, size, encoding, pos, long_term,
+    Block arguments as :class:`BilateralBlock` (``separate_key``, ``multi_reference``: the paper's reading of Sec. 3.2,
+    see the module docstring). ``forward(x (B, L, C), *, size, encoding, pos, long_term,
     short_term, id_emb)`` takes per-layer memories (lists of the block arguments) and returns ``(outputs,
     frame_memories)``: the per-layer normalised outputs (B, L, C) and per layer the frame's un-fused (K, LN(x)).
     """
@@ -443,6 +490,8 @@ class BilateralTransformer(nn.Module):
         droppath: float = 0.0,
         dropout: float = 0.0,
         local_backend: str = "auto",
+        separate_key: bool = False,
+        multi_reference: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 1:
@@ -450,6 +499,8 @@ class BilateralTransformer(nn.Module):
         self.num_layers = num_layers
         self.d_model = d_model
         self.attention = attention
+        self.separate_key = separate_key
+        self.multi_reference = multi_reference
         self.layers = nn.ModuleList(
             BilateralBlock(
                 d_model=d_model,
@@ -462,6 +513,8 @@ class BilateralTransformer(nn.Module):
                 droppath=droppath,
                 dropout=dropout,
                 local_backend=local_backend,
+                separate_key=separate_key,
+                multi_reference=multi_reference,
             )
             for _ in range(num_layers)
         )
@@ -505,4 +558,7 @@ class BilateralTransformer(nn.Module):
         return outputs, memories
 
     def extra_repr(self) -> str:
-        return f"num_layers={self.num_layers}, d_model={self.d_model}, attention={self.attention!r}"
+        return (
+            f"num_layers={self.num_layers}, d_model={self.d_model}, attention={self.attention!r}, "
+            f"separate_key={self.separate_key}, multi_reference={self.multi_reference}"
+        )

@@ -125,8 +125,9 @@ class RAFTFlow(nn.Module):
             path = Path(weights)
             if not path.is_file():
                 raise ValueError(
-                    f"RAFTFlow: weights {weights!r} is neither a file nor a {enum.__name__} member "
-                    f"({', '.join(enum.__members__)})"
+                    f"RAFTFlow: weights {weights!r}: no such file (expected a torchvision raft_{variant} state dict, "
+                    f"e.g. raft_{variant}_C_T_V1-*.pth, set by model.flow.weights=<path>) and not a {enum.__name__} "
+                    f"member ({', '.join(enum.__members__)}; those download)"
                 )
             self.raft = builder(weights=None)
             state = torch.load(path, map_location="cpu", weights_only=True)

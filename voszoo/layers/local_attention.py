@@ -92,17 +92,22 @@ def _check_inputs(
         raise ValueError(f"{name}: tile_size must be an int >= 1, got {tile_size!r}")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"{name}: dropout_p must be in [0, 1), got {dropout_p!r}")
-    if query.ndim != 5 or key.ndim != 5 or value.ndim != 5:
+    if query.ndim != 5 or key.ndim not in (5, 6) or value.ndim != key.ndim:
         raise ValueError(
-            f"{name}: query, key, value must be (B, heads, d, H, W), got {tuple(query.shape)}, {tuple(key.shape)}, "
-            f"{tuple(value.shape)}"
+            f"{name}: query must be (B, heads, d, H, W) and key, value both (B, heads, d, H, W) or both "
+            f"(B, heads, d, T, H, W), got {tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
         )
-    if key.shape != query.shape:
-        raise ValueError(f"{name}: key {tuple(key.shape)} must have the shape of query {tuple(query.shape)}")
-    b, h, _, height, width = query.shape
-    if value.shape[:2] != (b, h) or value.shape[3:] != (height, width):
+    frames = () if key.ndim == 5 else (key.shape[3],)
+    b, h, dk, height, width = query.shape
+    if key.shape != (b, h, dk, *frames, height, width):
         raise ValueError(
-            f"{name}: value must be (B={b}, heads={h}, d_v, H={height}, W={width}), got {tuple(value.shape)}"
+            f"{name}: key {tuple(key.shape)} must be query's {tuple(query.shape)}"
+            + (f" with T={frames[0]} frames before H, W" if frames else "")
+        )
+    if value.shape[:2] != (b, h) or value.shape[3:] != (*frames, height, width):
+        raise ValueError(
+            f"{name}: value must be (B={b}, heads={h}, d_v, {'T, ' if frames else ''}H={height}, W={width}) like "
+            f"key, got {tuple(value.shape)}"
         )
     w2 = window_size * window_size
     for arg, t in (("bias", bias), ("keep", keep)):
@@ -156,9 +161,15 @@ def local_window_attention(
         attn[p] = softmax_o(logit[p])                                       are dropped: weight exactly 0)
         out[p] = sum_o attn[p, o] * (value[p + o] + relative_value[:, o])
 
+    Several key maps (BATMAN's bilateral attention over several reference frames, Yu et al. ECCV 2022, Sec. 3.2):
+    with key (B, heads, d_k, T, H, W) and value (B, heads, d_v, T, H, W), every query attends to its window in each
+    of the T maps under ONE softmax over the T x window^2 slots (same geometry, ``bias``, ``keep`` and
+    ``relative_value`` for every map); T = 1 equals the single-map call.
+
     Args:
-        query, key: (B, heads, d_k, H, W).
-        value: (B, heads, d_v, H, W).
+        query: (B, heads, d_k, H, W).
+        key: (B, heads, d_k, H, W), or (B, heads, d_k, T, H, W) for T key maps.
+        value: (B, heads, d_v, H, W), or (B, heads, d_v, T, H, W) with key.
         window_size: odd window side lambda (AOT: 15).
         bias: (B or 1, heads or 1, window^2, H, W) added to the logits (AOT: relative key bias; BATMAN: bilateral
             bias).
@@ -168,7 +179,7 @@ def local_window_attention(
         scale: logit scale, default d_k ** -0.5.
         dilation: spacing of the window slots.
         dropout_p: dropout on the attention probabilities (applied whenever > 0; pass 0 in eval). Not with flex.
-        backend: "auto", "tiled", "unfold" or "flex" (see the module docstring).
+        backend: "auto", "tiled", "unfold" or "flex" (see the module docstring); several key maps: not flex.
         tile_size: query tile side of the tiled backend (the speed/memory trade-off; results do not depend on it).
 
     Returns:
@@ -191,9 +202,16 @@ def local_window_attention(
         scale = query.shape[2] ** -0.5
     tensors = [t for t in (query, key, value, bias, relative_value) if t is not None]
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    frames = key.ndim == 6
     if backend == "auto":
-        backend = "flex" if query.is_cuda and not needs_grad and dropout_p == 0.0 and _flex_importable() else "tiled"
+        flex = query.is_cuda and not needs_grad and dropout_p == 0.0 and not frames and _flex_importable()
+        backend = "flex" if flex else "tiled"
     kwargs = dict(window_size=window_size, bias=bias, keep=keep, relative_value=relative_value, scale=scale)
+    if backend == "flex" and frames:
+        raise ValueError(
+            f"local_window_attention: backend='flex' takes one key map, got T={key.shape[3]} "
+            f"(key {tuple(key.shape)}); use 'tiled' or 'unfold'"
+        )
     if backend == "flex":
         if dropout_p > 0.0:
             raise ValueError("local_window_attention: backend='flex' has no attention dropout; use 'tiled'")
@@ -291,8 +309,10 @@ def _tiled_attention(
     tile_size: int,
 ) -> Tensor:
     """Undilated tiled local attention; shapes as :func:`local_window_attention`."""
+    if key.ndim == 5:  # one key map = T of 1
+        key, value = key.unsqueeze(3), value.unsqueeze(3)
     b, h, dk, height, width = query.shape
-    dv = value.shape[2]
+    dv, nf = value.shape[2], key.shape[3]
     r = (window_size - 1) // 2
     w2 = window_size * window_size
     (ty, nty), (tx, ntx) = _tile_geometry(height, tile_size), _tile_geometry(width, tile_size)
@@ -308,16 +328,18 @@ def _tiled_attention(
     nb_idx = torch.where((ky >= 0) & (ky < height) & (kx >= 0) & (kx < width), ky * width + kx, height * width)
     nb_idx = nb_idx.reshape(-1)
 
-    def neighbourhoods(x: Tensor) -> Tensor:  # (B, h, c, H, W) -> (B, h, nty, ntx, ny * nx, c)
-        return _gather_positions(x, nb_idx).view(b, h, nty, ntx, ny * nx, x.shape[2])
+    def neighbourhoods(x: Tensor) -> Tensor:  # (B, h, c, T, H, W) -> (B, h, T, nty, ntx, ny * nx, c)
+        c = x.shape[2]
+        x = x.transpose(2, 3).reshape(b, h * nf, c, height, width)
+        return _gather_positions(x, nb_idx).view(b, h, nf, nty, ntx, ny * nx, c)
 
     tile_idx = _tile_index(height, width, tiles, dev)
 
     def to_tiles(x: Tensor, pad_value: float | bool = 0) -> Tensor:  # (B', h', c, H, W) -> (B', h', nty, ntx, T, c)
         return _gather_positions(x, tile_idx, pad_value=pad_value).view(*x.shape[:2], nty, ntx, ty * tx, x.shape[2])
 
-    q_t = to_tiles(query) * scale  # (B, h, nty, ntx, T, dk)
-    logits_n = q_t @ neighbourhoods(key).transpose(-1, -2)  # (B, h, nty, ntx, T, ny * nx)
+    q_t = to_tiles(query) * scale  # (B, h, nty, ntx, T_q, dk), T_q = ty * tx queries per tile
+    logits_n = q_t.unsqueeze(2) @ neighbourhoods(key).transpose(-1, -2)  # (B, h, T, nty, ntx, T_q, ny * nx)
 
     # Flat index of (query in tile, window slot) inside the T x (ny * nx) tile logits.
     qy = torch.arange(ty, device=dev).view(ty, 1, 1, 1)
@@ -325,8 +347,10 @@ def _tiled_attention(
     oy = torch.arange(window_size, device=dev).view(1, 1, window_size, 1)
     ox = torch.arange(window_size, device=dev).view(1, 1, 1, window_size)
     flat = ((qy * tx + qx) * (ny * nx) + (qy + oy) * nx + (qx + ox)).reshape(-1)
-    logits = logits_n.flatten(-2).index_select(-1, flat).view(b, h, nty, ntx, ty * tx, w2)
+    logits = logits_n.flatten(-2).index_select(-1, flat).view(b, h, nf, nty, ntx, ty * tx, w2)
     del logits_n
+    # (B, h, nty, ntx, T_q, T, w2): the T maps' windows side by side, for one softmax over T x w2 slots
+    logits = logits.permute(0, 1, 3, 4, 5, 2, 6).contiguous()
 
     # Slots outside the image. Padding queries (cropped away at the end) keep every slot of their zero-padded
     # window, so that no row is empty.
@@ -338,24 +362,26 @@ def _tiled_attention(
     # Broadcast straight into the tile layout (nty, ntx, ty, tx, w, w): no transposed copy to reshape.
     row_out = row_out.view(nty, 1, ty, 1, window_size, 1)
     col_out = col_out.view(1, ntx, 1, tx, 1, window_size)
-    outside = (row_out | col_out).view(1, 1, nty, ntx, ty * tx, w2)
+    outside = (row_out | col_out).view(1, 1, nty, ntx, ty * tx, 1, w2)  # the same slots of every map
     if bias is not None:
-        logits += to_tiles(bias.to(logits.dtype))
+        logits += to_tiles(bias.to(logits.dtype)).unsqueeze(-2)
     if keep is not None:
-        outside = outside | to_tiles(~keep, pad_value=False)
+        outside = outside | to_tiles(~keep, pad_value=False).unsqueeze(-2)
     logits.masked_fill_(outside, float("-inf"))
+    logits = logits.view(b, h, nty, ntx, ty * tx, nf * w2)
     if keep is None:
         attn = logits.softmax(dim=-1)
     else:  # rows with every slot dropped -> zeros
-        empty = outside.all(dim=-1, keepdim=True)
+        empty = outside.all(dim=-1)  # (..., T_q, 1): a row is empty in every map or in none
         attn = logits.masked_fill_(empty, 0.0).softmax(dim=-1).masked_fill(empty, 0.0)
     if dropout_p > 0.0:
         attn = F.dropout(attn, p=dropout_p)
 
-    attn_n = attn.new_zeros(b, h, nty, ntx, ty * tx * ny * nx).index_copy_(-1, flat, attn.flatten(-2))
-    out = attn_n.view(b, h, nty, ntx, ty * tx, ny * nx) @ neighbourhoods(value)
+    attn_f = attn.view(b, h, nty, ntx, ty * tx, nf, w2).permute(0, 1, 5, 2, 3, 4, 6)  # (B, h, T, nty, ntx, T_q, w2)
+    attn_n = attn.new_zeros(b, h, nf, nty, ntx, ty * tx * ny * nx).index_copy_(-1, flat, attn_f.flatten(-2))
+    out = (attn_n.view(b, h, nf, nty, ntx, ty * tx, ny * nx) @ neighbourhoods(value)).sum(2)
     if relative_value is not None:
-        rel = attn.view(b, h, nty * ntx * ty * tx, w2) @ relative_value.transpose(1, 2)
+        rel = attn.view(b, h, nty * ntx * ty * tx, nf, w2).sum(-2) @ relative_value.transpose(1, 2)
         out = out + rel.view(b, h, nty, ntx, ty * tx, dv)
     # Back from tiles to the map by a gather of the H*W real positions (slicing the padded map would branch on
     # whether H and W fill the tiles).
@@ -377,28 +403,31 @@ def _unfold_attention(
     dropout_p: float,
 ) -> Tensor:
     """``F.unfold`` gather of every window (window^2 copies of key and value); shapes as the public function."""
+    if key.ndim == 5:  # one key map = T of 1
+        key, value = key.unsqueeze(3), value.unsqueeze(3)
     b, h, dk, height, width = query.shape
-    dv = value.shape[2]
+    dv, nf = value.shape[2], key.shape[3]
     w2 = window_size * window_size
     pad = (window_size - 1) // 2 * dilation
 
-    def windows(x: Tensor) -> Tensor:  # (B', h', c, H, W) -> (B', h', c, w2, H, W)
-        bb, hh, c = x.shape[:3]
-        u = F.unfold(x.reshape(bb * hh, c, height, width), window_size, dilation=dilation, padding=pad)
-        return u.view(bb, hh, c, w2, height, width)
+    def windows(x: Tensor) -> Tensor:  # (B', h', c, T', H, W) -> (B', h', c, T' * w2, H, W), slots map-major
+        bb, hh, c, tt = x.shape[:4]
+        u = F.unfold(x.reshape(bb * hh, c * tt, height, width), window_size, dilation=dilation, padding=pad)
+        return u.view(bb, hh, c, tt * w2, height, width)
 
-    logits = (query.unsqueeze(3) * windows(key)).sum(2) * scale  # (B, h, w2, H, W)
-    valid = windows(query.new_ones(1, 1, 1, height, width))[:, :, 0] > 0.5  # (1, 1, w2, H, W)
+    logits = (query.unsqueeze(3) * windows(key)).sum(2) * scale  # (B, h, T * w2, H, W)
+    valid = windows(query.new_ones(1, 1, 1, 1, height, width))[:, :, 0] > 0.5  # (1, 1, w2, H, W)
     if bias is not None:
-        logits = logits + bias
+        logits = logits + bias.repeat(1, 1, nf, 1, 1)
     if keep is not None:
         valid = valid & keep
-    attn = _softmax_keep(logits, valid, dim=2, may_be_empty=keep is not None)
+    attn = _softmax_keep(logits, valid.repeat(1, 1, nf, 1, 1), dim=2, may_be_empty=keep is not None)
     if dropout_p > 0.0:
         attn = F.dropout(attn, p=dropout_p)
     out = (attn.unsqueeze(2) * windows(value)).sum(3)
     if relative_value is not None:
-        out = out + torch.einsum("bhoyx,hco->bhcyx", attn, relative_value)
+        per_slot = attn.unflatten(2, (nf, w2)).sum(2)  # (B, h, w2, H, W)
+        out = out + torch.einsum("bhoyx,hco->bhcyx", per_slot, relative_value)
     return out.reshape(b, h, dv, height, width)
 
 

@@ -27,7 +27,8 @@ The contract (``voszoo.models.base``):
 - ``encode``: encoder, projection, sine position embedding;
 - ``segment``: initial flow (previous image from ``memory.state``), calibration with the previous frame's memorised
   mask, E, the transformer over the memory (cross-attention: long-term entries; bilateral attention: the previous
-  frame, the short-term entry), decoding;
+  frame, the short-term entry, or with ``transformer.multi_reference`` every memory frame, the previous one once:
+  Sec. 3.2's "K and V are aggregated from multiple reference frames"), decoding;
 - ``memorize``: AOT's memorisation (identities fused into the values), plus the frame's image and its mask in
   identity slots kept in ``memory.state`` for the next frame's flow and calibration.
 
@@ -208,6 +209,21 @@ class BATMAN(IdentityVOSModel):
 
     def _propagation_inputs(self, memory: MemoryBank, feats: FrameFeatures, *, reference: bool) -> dict[str, Any]:
         return {"encoding": self._encoding(memory, feats, reference=reference)}
+
+    def _read(
+        self, memory: MemoryBank, size: tuple[int, int]
+    ) -> tuple[list[tuple[Tensor, Tensor]], list[tuple[Tensor, Tensor]]]:
+        """Per-layer long-term (K, V) (B, T*h*w, C) for the cross-attention and the bilateral attention's (K, V):
+        the previous frame (B, C, h, w), or with ``transformer.multi_reference`` every memory frame (the long-term
+        entries, then the previous frame unless it is one of them) (B, C, T', h, w)."""
+        long_term, short_term = super()._read(memory, size)
+        if not self.transformer.multi_reference:
+            return long_term, short_term
+        frames = []
+        for layer in range(self.transformer.num_layers):
+            maps = [memory.stack(f"{name}{layer}", dim=1).permute(0, 3, 1, 2) for name in ("key", "value")]
+            frames.append(tuple(m.unflatten(-1, size) for m in maps))  # (B, T', h*w, C) -> (B, C, T', h, w)
+        return long_term, frames
 
     # -- the contract -------------------------------------------------------------------------------------------
     def memorize(self, memory: MemoryBank, feats: FrameFeatures, probs: Tensor, frame_index: int) -> None:
