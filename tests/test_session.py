@@ -125,3 +125,14 @@ def test_errors_name_the_problem() -> None:
     session.step(np.zeros((32, 32, 3), np.uint8), np.ones((32, 32), np.uint8))
     with pytest.raises(ValueError, match="32"):
         session.step(np.zeros((40, 32, 3), np.uint8))
+
+
+def test_argmax_labels_equals_argmax_with_first_index_on_ties():
+    from voszoo.models.base import argmax_labels
+
+    scores = torch.randn(2, 4, 5, 6)
+    scores[0, :, 0, 0] = 1.0  # a four-way tie: the first class, as argmax
+    scores[1, 2:, 1, 1] = 7.0  # a tie between classes 2 and 3
+    for dim in (0, 1):
+        assert torch.equal(argmax_labels(scores, dim), scores.argmax(dim=dim))
+    assert int(argmax_labels(scores, 1)[0, 0, 0]) == 0 and int(argmax_labels(scores, 1)[1, 1, 1]) == 2

@@ -46,6 +46,7 @@ from torch import Tensor
 
 from voszoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from voszoo.inference.preprocess import FrameGeometry, image_to_tensor
+from voszoo.models.base import argmax_labels
 
 __all__ = [
     "AOTOfficialProtocol",
@@ -220,7 +221,7 @@ class _AOTOfficialTransform(FrameTransform):
         return probs
 
     def memory(self, probs: Tensor) -> Tensor:
-        one_hot = F.one_hot(probs.argmax(dim=1), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+        one_hot = F.one_hot(argmax_labels(probs, 1), probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
         return F.interpolate(one_hot, size=self.model_size, mode="nearest")
 
 

@@ -31,7 +31,7 @@ from voszoo.inference.fast_paths import channels_last_encoders, compile_hot_modu
 from voszoo.inference.memory import MemoryBank, MemoryPolicy
 from voszoo.inference.protocols import FrameTransform, InputProtocol, resolve_protocol
 from voszoo.layers.aggregation import soft_aggregate
-from voszoo.models.base import VOSModel
+from voszoo.models.base import VOSModel, argmax_labels
 
 __all__ = ["InferenceSession", "StepResult"]
 
@@ -165,7 +165,7 @@ class InferenceSession:
         full = full / full.sum(dim=0, keepdim=True).clamp_min(1e-12)
         ids = self.object_ids
         lookup = np.array([0, *ids], dtype=np.int64)
-        labels = lookup[full.argmax(dim=0).cpu().numpy()]
+        labels = lookup[argmax_labels(full, 0).cpu().numpy()]
         if new_labels is not None and new_ids:
             # the given masks of newly appearing objects are ground truth on their first frame; on the first frame
             # of a video they are the whole answer (resizing must not blur them)
@@ -190,13 +190,16 @@ class InferenceSession:
         # are flipped back at the model size (an official padding need not be symmetric) before the score mapping
         old_groups = list(self.groups)
         foreground = []
+        background = None  # the last group's own background probability (1, Hs, Ws)
         for group in old_groups:
             per_view = []
             for view, (flipped, feats) in enumerate(zip(self.views, view_feats, strict=True)):
                 logits = self.model.segment(group.memories[view], feats).float()
                 logits = logits.flip(-1) if flipped else logits
-                per_view.append(torch.softmax(transform.scores(logits), dim=1)[0, 1:])
-            foreground.append(torch.stack(per_view).mean(0))
+                per_view.append(torch.softmax(transform.scores(logits), dim=1)[0])
+            distribution = torch.stack(per_view).mean(0)
+            background = distribution[:1]
+            foreground.append(distribution[1:])
 
         if new_ids:
             assert new_labels is not None
@@ -209,8 +212,11 @@ class InferenceSession:
             self.groups.extend(self._new_groups(new_ids))
 
         fg = torch.cat(foreground, dim=0) if foreground else torch.zeros(0, *transform.score_size, device=self.device)
-        single_source = (len(old_groups) == 1 and not new_ids) or not old_groups
-        if single_source:  # one group's own distribution, or only given masks: nothing to reconcile
+        one_group = len(old_groups) == 1 and not new_ids
+        if one_group:  # the group's own softmax, background included: its argmax ties break as the official code's
+            assert background is not None
+            probs = torch.cat([background, fg], dim=0)[None]
+        elif not old_groups:  # only given masks: nothing to reconcile
             probs = torch.cat([1.0 - fg.sum(0, keepdim=True), fg], dim=0).clamp_min(0)[None]
         else:
             probs = torch.softmax(soft_aggregate(fg[None]), dim=1)
@@ -222,7 +228,10 @@ class InferenceSession:
             count = len(group.object_ids)
             own = probs[:, 1 + offset : 1 + offset + count]
             offset += count
-            group_probs = torch.cat([(1.0 - own.sum(1, keepdim=True)).clamp_min(0), own], dim=1)
+            if one_group:  # its own distribution, unchanged (a hard memory mask takes the same argmax as the output)
+                group_probs = probs
+            else:
+                group_probs = torch.cat([(1.0 - own.sum(1, keepdim=True)).clamp_min(0), own], dim=1)
             group_probs = transform.memory(group_probs)
             for view, (flipped, feats) in enumerate(zip(self.views, view_feats, strict=True)):
                 view_probs = group_probs.flip(-1) if flipped else group_probs

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from voszoo.inference.memory import EveryN, MemoryBank
 from voszoo.layers.lstt import map_to_tokens, tokens_to_map
-from voszoo.models.base import FrameFeatures, VOSModel, labels_to_probs
+from voszoo.models.base import FrameFeatures, VOSModel, argmax_labels, labels_to_probs
 
 if TYPE_CHECKING:
     from voszoo.decoders.fpn import FPNHead
@@ -268,7 +268,7 @@ class IdentityVOSModel(VOSModel):
                 batch, num_objects, shuffle=self.training, device=probs.device
             )
         if self.memory_mask == "hard":
-            probs = F.one_hot(probs.argmax(dim=1), num_objects + 1).permute(0, 3, 1, 2)
+            probs = F.one_hot(argmax_labels(probs, 1), num_objects + 1).permute(0, 3, 1, 2)
         masks = probs.to(embedding.dtype)
         id_emb = map_to_tokens(self._embed_identities(masks, memory.state[ASSIGNMENT_KEY]))
         if self._identities_frozen:  # official freeze_id in sequence training
