@@ -161,8 +161,8 @@ def time_data_only(cfg: Any, *, steps: int, warmup: int) -> dict[str, Any]:
     processes, whenever one ends, as in training)."""
     from torch.utils.data import DataLoader
 
+    from voszoo.device import resolve_device
     from voszoo.engine.distributed import shard_indices
-    from voszoo.engine.trainer import resolve_device
     from voszoo.train import build_run
     from voszoo.types import collate_clips
 
@@ -198,7 +198,7 @@ def time_data_only(cfg: Any, *, steps: int, warmup: int) -> dict[str, Any]:
 def benchmark(model: str, experiments: dict[str, str], args: argparse.Namespace) -> dict[str, Any]:
     """The three measurements of one model, with the settings they ran with."""
     from voszoo.cli_common import prepare_data
-    from voszoo.engine.trainer import resolve_device
+    from voszoo.device import resolve_device
 
     overrides = run_overrides(model, experiments, args)
     cfg = compose_train(overrides)

@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from voszoo.cli_common import config_int, evaluate_model, hydra_entry, prepare_data, resolve_device
+from voszoo.cli_common import config_int, evaluate_model, hydra_entry, prepare_data
 
 if TYPE_CHECKING:
+    import torch
+
     from voszoo.evaluation.sharding import EvalGroup
 
 __all__ = ["main", "evaluate", "check_eval_config", "config_differences", "model_config_hint"]
@@ -139,20 +141,23 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Predict and score ``cfg``'s model on its dataset into ``output_dir``; returns the metrics written to
     ``metrics.json``. Under ``torchrun`` every rank calls this; rank 0 alone writes and returns the metrics (the
     others return ``{}``), into rank 0's ``output_dir``."""
+    import torch
+
+    from voszoo.device import resolve_device
     from voszoo.engine.distributed import destroy_distributed
     from voszoo.evaluation.sharding import DEFAULT_TIMEOUT, join_eval_group
 
     check_eval_config(cfg)
     device = resolve_device(cfg.device)
     group = join_eval_group(
-        device_type="cuda" if device.startswith("cuda") else "cpu",
+        device_type=device.type,
         timeout=float(cfg.get("dist_timeout", DEFAULT_TIMEOUT)),
     )
     try:
         if group is None:
             return _evaluate(cfg, output_dir, device=device, group=None)
-        if device.startswith("cuda"):
-            device = f"cuda:{group.local_rank}"
+        if device.type == "cuda":
+            device = torch.device("cuda", group.local_rank)
         return _evaluate(cfg, _shared_output_dir(group, output_dir), device=device, group=group)
     finally:
         destroy_distributed()
@@ -183,7 +188,9 @@ def _shared_output_dir(group: EvalGroup, output_dir: str | Path) -> str:
     return shared
 
 
-def _evaluate(cfg: DictConfig, output_dir: str | Path, *, device: str, group: EvalGroup | None) -> dict[str, Any]:
+def _evaluate(
+    cfg: DictConfig, output_dir: str | Path, *, device: torch.device, group: EvalGroup | None
+) -> dict[str, Any]:
     import torch
 
     from voszoo.evaluation.pipeline import write_metrics

@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.model is None) == (args.config is None):
         parser.error("give either a model preset name or --config, not both")
-    from voszoo.cli_common import resolve_device
+    from voszoo.device import resolve_device
     from voszoo.errors import request_full_errors, run_command
     from voszoo.models.registry import build_memory_policy, build_model, without_weights
 
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
             size=tuple(args.size),
             frames=args.frames,
             num_objects=args.objects,
-            device=resolve_device(args.device),
+            device=resolve_device(args.device, key="--device"),
             policy_factory=policy,
             amp=None if args.amp == "none" else args.amp,
             compile_modules=args.compile,
