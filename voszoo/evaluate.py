@@ -89,11 +89,15 @@ def _a(name: str) -> str:
 
 def model_config_hint(path: str | Path, model_cfg: DictConfig) -> str | None:
     """Why a voszoo checkpoint may not fit: the model-config keys its training run set differently from this run
-    (e.g. ``experiment=aot_quick`` trains with ``model.encoder.frozen_bn=false``), as overrides to pass; None if the
-    checkpoint carries no config or the two model configs agree."""
+    (e.g. ``experiment=aot_quick`` trains with ``model.encoder.frozen_bn=false``), as overrides to paste into a shell
+    (each ``key=value`` shell-quoted where needed); None if the checkpoint carries no config or the two model configs
+    agree."""
+    import shlex
+
     from omegaconf import OmegaConf
 
     from voszoo.engine.checkpoint import CheckpointError, read_checkpoint
+    from voszoo.hydra_compose import override_value
 
     try:
         saved = (read_checkpoint(path).get("config") or {}).get("model")
@@ -104,7 +108,7 @@ def model_config_hint(path: str | Path, model_cfg: DictConfig) -> str | None:
     differences = config_differences(saved, OmegaConf.to_container(model_cfg, resolve=True), prefix="model")
     if not differences:
         return None
-    shown = " ".join(f"{key}={_override_value(value)}" for key, value in differences[:8])
+    shown = " ".join(shlex.quote(f"{key}={override_value(value)}") for key, value in differences[:8])
     more = f" (and {len(differences) - 8} more)" if len(differences) > 8 else ""
     return f"Its training run built the model with other settings; rerun with: {shown}{more}"
 
@@ -122,19 +126,6 @@ def config_differences(saved: Any, current: Any, *, prefix: str) -> list[tuple[s
                 found.extend(config_differences(value, current[key], prefix=dotted))
         return found
     return [] if saved == current else [(prefix, saved)]
-
-
-def _override_value(value: Any) -> str:
-    """A Hydra override's right-hand side for a plain config value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, dict)):
-        import json
-
-        return "'" + json.dumps(value).replace('"', "") + "'"
-    return str(value)
 
 
 def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:

@@ -196,8 +196,9 @@ def create_model(
       preset (``last.pt`` of a run).
     """
     from voszoo.backbones.weights import TOYVOS_WEIGHTS
+    from voszoo.hydra_compose import override_value
 
-    extra = [f"{key}={_override_value(value)}" for key, value in values.items()]
+    extra = [f"{key}={override_value(value)}" for key, value in values.items()]
     cfg = compose_model_config(name, [*overrides, *extra], config_dir=config_dir)
     if weights is None:
         return build_model(cfg)
@@ -240,16 +241,6 @@ def _presets_with_resnet(config_dir: ConfigDirs) -> list[str]:
         for preset in list_models(config_dir=config_dir)
         if any(_is_resnet(node) for node in weights_nodes(compose_model_config(preset, [], config_dir=config_dir)))
     ]
-
-
-def _override_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    return str(value)
 
 
 def weights_nodes(cfg: Any) -> list[DictConfig]:
