@@ -10,7 +10,6 @@ import pytest
 import torch
 from tiny_models import AffinityModel
 
-from voszoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from voszoo.inference.memory import FirstAndPrevious
 from voszoo.inference.protocols import (
     AOTOfficialProtocol,
@@ -22,6 +21,7 @@ from voszoo.inference.protocols import (
 )
 from voszoo.inference.session import InferenceSession
 from voszoo.models.registry import build_memory_policy, build_model, compose_model_config, random_weights_config
+from voszoo.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)

@@ -38,6 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from voszoo.errors import UserError
+from voszoo.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "CheckpointMismatchError",
@@ -50,8 +51,6 @@ __all__ = [
     "unwrap_state_dict",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _STM_PREFIXES = ("Encoder_M.", "Encoder_Q.", "KV_M_r4.", "KV_Q_r4.", "Decoder.")
 _STM_RULES: list[tuple[re.Pattern[str], str]] = [
