@@ -75,7 +75,7 @@ if TYPE_CHECKING:
     from voszoo.layers.identity import IdentityBank
     from voszoo.layers.lstt import LSTT
     from voszoo.layers.motion_guided import MotionGuidedPrior
-    from voszoo.types import FrameFeatures
+    from voszoo.models.base import FrameFeatures
 
 PRIOR_MASK_KEY = "prior_mask"
 
