@@ -12,6 +12,7 @@ from torch import nn
 
 from voszoo.backbones import ResNetBackbone
 from voszoo.decoders import RefineDecoder
+from voszoo.engine.checkpoint import CheckpointError
 from voszoo.inference.memory import KeepAll
 from voszoo.layers import KeyValueProjection, SpaceTimeMemoryRead
 from voszoo.models.base import labels_to_probs
@@ -211,7 +212,7 @@ def test_loads_from_a_file(tmp_path, model, checkpoint):
     assert report.source == str(path)
     assert "query_encoder.conv1.weight" in report.missing
     assert torch.equal(model.decoder.refines[1].conv_skip.bias, checkpoint["module.Decoder.RF2.convFS.bias"])
-    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+    with pytest.raises(CheckpointError, match=r"^official STM checkpoint .*absent\.pth: file not found"):
         load_official_stm(model, tmp_path / "absent.pth")
 
 

@@ -27,13 +27,12 @@ def official_kind(path: str | Path) -> tuple[str, dict] | None:
     """``("stm" | "aot", contents)`` if the file is an official STM checkpoint (a plain state dict with its memory
     key/value head names) or an official AOT one (its ``patch_wise_id_bank``, plain or under ``state_dict``), else
     None (voszoo checkpoints, and unreadable files, which get their error from the checkpoint reader)."""
-    import torch
-
+    from voszoo.engine.checkpoint import CheckpointError, load_weights_file
     from voszoo.models.convert_aot import is_official_aot_state
 
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001 - see the docstring
+        state = load_weights_file(path)
+    except CheckpointError:  # see the docstring
         return None
     if isinstance(state, dict) and any(str(k).split("module.")[-1].startswith("KV_M_r4.") for k in state):
         return "stm", state
