@@ -11,7 +11,7 @@ import torch
 from clips_util import tiny_clip
 from omegaconf import OmegaConf
 
-from voszoo.inference.memory import EveryN
+from voszoo.memory import EveryN
 from voszoo.models.convert import CheckpointMismatchError
 from voszoo.models.convert_aot import is_official_aot_state, load_official_aot
 from voszoo.models.registry import build_memory_policy, compose_model_config, create_model

@@ -16,7 +16,7 @@ from tiny_models import AffinityModel
 from torch import Tensor, nn
 
 from voszoo.benchmark import COLUMNS, MEASURED, failed_rows, format_markdown, published_rows, write_plot
-from voszoo.inference.memory import MemoryBank
+from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
 from voszoo.profiling import count_macs, machine_info, main, profile_model
 

@@ -13,8 +13,8 @@ from torch import nn
 from voszoo.backbones import ResNetBackbone
 from voszoo.decoders import RefineDecoder
 from voszoo.engine.checkpoint import CheckpointError
-from voszoo.inference.memory import KeepAll
 from voszoo.layers import KeyValueProjection, SpaceTimeMemoryRead
+from voszoo.memory import KeepAll
 from voszoo.models.base import labels_to_probs
 from voszoo.models.convert import CheckpointMismatchError, convert_stm_state_dict, load_official_stm
 from voszoo.models.stm import STM

@@ -20,8 +20,8 @@ from voszoo.inference.fast_paths import (
     restore_eager,
     use_channels_last,
 )
-from voszoo.inference.memory import KeepAll
 from voszoo.inference.session import InferenceSession
+from voszoo.memory import KeepAll
 
 LOGGER = "voszoo.inference.fast_paths"
 

@@ -10,7 +10,6 @@ import pytest
 import torch
 from tiny_models import AffinityModel
 
-from voszoo.inference.memory import FirstAndPrevious
 from voszoo.inference.protocols import (
     AOTOfficialProtocol,
     STMOfficialProtocol,
@@ -20,6 +19,7 @@ from voszoo.inference.protocols import (
     stm_official_padding,
 )
 from voszoo.inference.session import InferenceSession
+from voszoo.memory import FirstAndPrevious
 from voszoo.models.registry import build_memory_policy, build_model, compose_model_config, random_weights_config
 from voszoo.normalization import IMAGENET_MEAN, IMAGENET_STD
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 import voszoo
 from voszoo._paths import conf_dir
 from voszoo.hydra_compose import override_value
-from voszoo.inference.memory import EveryN, FixedCount
+from voszoo.memory import EveryN, FixedCount
 from voszoo.models.registry import build_memory_policy, compose_model_config
 
 

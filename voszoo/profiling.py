@@ -101,8 +101,8 @@ def count_macs(
 ) -> int:
     """Multiply-accumulates of one inference step of ``model`` on a frame of ``size`` (H, W), padded to the model
     stride: ``encode`` + ``segment`` + ``memorize`` against a one-frame memory (see the module docstring)."""
-    from voszoo.inference.memory import KeepAll
     from voszoo.inference.preprocess import FrameGeometry
+    from voszoo.memory import KeepAll
     from voszoo.models.base import labels_to_probs
 
     height, width = FrameGeometry.create(tuple(size), stride=model.stride).padded
@@ -252,8 +252,8 @@ def profile_model(
     module docstring says what each one counts.
     The session runs first, so that memory freed by it cannot hide growth from the MAC count and vice versa.
     """
-    from voszoo.inference.memory import KeepAll
     from voszoo.inference.session import InferenceSession
+    from voszoo.memory import KeepAll
 
     if frames < 2:
         raise ValueError(f"profile_model: frames must be >= 2 (a reference frame and a timed one), got {frames}")

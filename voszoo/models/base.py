@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voszoo.inference.memory import KeepAll, MemoryBank, MemoryPolicy
+from voszoo.memory import KeepAll, MemoryBank, MemoryPolicy
 
 if TYPE_CHECKING:
     from voszoo.types import Clip
@@ -157,7 +157,7 @@ class VOSModel(nn.Module, ABC):
         time) is alive at a time and peak memory does not grow with the clip length. Each chunk's losses are
         weighted by its share of the predicted frames, so the chunks' losses sum to the whole clip's mean loss.
         ``chunk_frames=None`` is one chunk of every frame: :meth:`forward`. ``memory_frames`` caps the long-term
-        memory (reference + newest frames, :class:`~voszoo.inference.memory.KeepAll` with ``max_frames``) so a whole
+        memory (reference + newest frames, :class:`~voszoo.memory.KeepAll` with ``max_frames``) so a whole
         video also reads a bounded memory; None keeps every frame. Yields dicts as :meth:`forward` returns, with the
         chunk's ``"logits"``.
         """

@@ -69,10 +69,10 @@ from voszoo.models.identity_model import ASSIGNMENT_KEY, IdentityVOSModel
 
 if TYPE_CHECKING:
     from voszoo.decoders.fpn import FPNHead
-    from voszoo.inference.memory import MemoryBank
     from voszoo.layers.bilateral import BilateralTransformer
     from voszoo.layers.flow import FlowCalibration
     from voszoo.layers.identity import IdentityBank
+    from voszoo.memory import MemoryBank
     from voszoo.models.base import FrameFeatures
     from voszoo.types import Clip
 

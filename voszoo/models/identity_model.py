@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voszoo.inference.memory import EveryN, MemoryBank
 from voszoo.layers.lstt import map_to_tokens, tokens_to_map
+from voszoo.memory import EveryN, MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel, labels_to_probs
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ A model config node is the constructor node of the model (``_target_`` plus keyw
 built submodules) with reserved keys that are not constructor arguments:
 
 - ``name``: the preset's name (e.g. ``stm``), reported in metrics and checkpoints;
-- ``memory``: the inference memory policy node (``_target_`` a :class:`voszoo.inference.memory.MemoryPolicy`),
+- ``memory``: the inference memory policy node (``_target_`` a :class:`voszoo.memory.MemoryPolicy`),
   chosen from the group ``model/memory``;
 - ``protocol`` (optional, default ``voszoo``): the inference input protocol, ``official`` or ``voszoo``
   (:mod:`voszoo.inference.protocols`); ``voszoo-eval protocol=...`` overrides it.

@@ -49,7 +49,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from voszoo.inference.memory import MemoryBank
+from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
 from voszoo.models.stm import aggregate_objects, memory_num_objects, update_presence
 

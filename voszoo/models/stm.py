@@ -67,8 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voszoo.inference.memory import MemoryBank
 from voszoo.layers.aggregation import soft_aggregate
+from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
 from voszoo.models.init import copy_matching_weights
 
