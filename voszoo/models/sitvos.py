@@ -51,7 +51,7 @@ from torch import Tensor, nn
 
 from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
-from voszoo.models.stm import aggregate_objects, memory_num_objects, update_presence
+from voszoo.models.per_object import aggregate_objects, memory_num_objects, update_presence
 
 __all__ = ["SITVOS"]
 
