@@ -1,6 +1,7 @@
-"""What the per-object models (STM, SITVOS, MUNet, MGA: ``multi_object = "per_object"``) share: each object is segmented on
-its own (the objects batched together), and their foreground probabilities are merged back by soft aggregation (STM, Oh et al.,
-ICCV 2019, Sec. 3.4; :func:`voszoo.layers.soft_aggregate`), skipping the objects a memory bank has not seen yet.
+"""What the per-object models (STM, SITVOS, MUNet, MGA: ``multi_object = "per_object"``) share: each object is
+segmented on its own (the objects batched together), and their foreground probabilities are merged back by soft
+aggregation (STM, Oh et al., ICCV 2019, Sec. 3.4; :func:`voszoo.layers.soft_aggregate`), skipping the objects a
+memory bank has not seen yet.
 
 A new per-object method imports these instead of another method's file.
 """
