@@ -94,6 +94,17 @@ class VOSModel(nn.Module, ABC):
     stride: ClassVar[int] = 16
     max_objects: int | None = None
 
+    # -- capabilities the engine reads, declared by each model (no code elsewhere lists model classes) ---------------
+    hot_modules: tuple[str, ...] | None = None
+    """Attribute names of the submodules where inference spends its time (image encoders, matcher, decoder): what
+    :func:`voszoo.inference.fast_paths.compile_hot_modules` compiles. An attribute set to None on an instance (an
+    optional part the preset leaves out) is skipped. None: not declared, so compiling needs explicit names."""
+    encoder_modules: tuple[str, ...] = ()
+    """The image encoders among ``hot_modules`` (``(B, C, H, W) -> feature maps``): channels-last on the CPU
+    (:func:`voszoo.inference.fast_paths.channels_last_encoders`)."""
+    decoder_module: str = "decoder"
+    """The submodule whose first call inside ``segment`` ends the matching stage (:mod:`voszoo.stage_timing`)."""
+
     @property
     def official_protocol(self) -> str | None:
         """The input protocol of this method's official evaluator, a key of

@@ -123,6 +123,7 @@ class BATMAN(IdentityVOSModel):
     """
 
     pending_key = "batman_pending"
+    encoder_modules = ("encoder", "flow_encoder")  # flow_encoder is None without a flow source: then skipped
 
     def __init__(
         self,

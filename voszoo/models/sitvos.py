@@ -80,6 +80,8 @@ class SITVOS(VOSModel):
 
     multi_object = "per_object"
     stride = 16
+    hot_modules = ("encoder", "mask_encoder", "transformer", "decoder")
+    encoder_modules = ("encoder", "mask_encoder")
 
     @property
     def official_protocol(self) -> str | None:

@@ -112,6 +112,8 @@ class STM(VOSModel):
 
     multi_object = "per_object"
     stride = 16
+    hot_modules = ("query_encoder", "memory_encoder", "reader", "decoder")
+    encoder_modules = ("query_encoder", "memory_encoder")
 
     @property
     def official_protocol(self) -> str | None:
