@@ -36,8 +36,9 @@ logger = logging.getLogger("voszoo.evaluate")
 
 
 def load_weights(model: Any, cfg: DictConfig) -> str:
-    """Load ``cfg.checkpoint`` into ``model``: a voszoo checkpoint, or an official STM (``STM_weights.pth``) or AOT
-    (``AOT*_*.pth``) checkpoint, converted strictly. Returns a description of what was loaded."""
+    """Load ``cfg.checkpoint`` into ``model``: a voszoo checkpoint, or the official checkpoint the preset declares
+    (``cfg.model.official_weights``: STM's ``STM_weights.pth``, AOT's ``AOT*_*.pth``), converted strictly. Returns a
+    description of what was loaded."""
     from voszoo.engine.checkpoint import CheckpointError, load_model_weights
 
     if cfg.checkpoint is None:
@@ -48,7 +49,7 @@ def load_weights(model: Any, cfg: DictConfig) -> str:
         raise CheckpointError(f"checkpoint {path}: file not found")
     from voszoo.models.official import load_official_checkpoint
 
-    official = load_official_checkpoint(model, path)
+    official = load_official_checkpoint(model, path, model_cfg=cfg.model)
     if official is not None:
         return official
     try:

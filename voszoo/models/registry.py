@@ -11,7 +11,9 @@ built submodules) with reserved keys that are not constructor arguments:
 - ``memory``: the inference memory policy node (``_target_`` a :class:`voszoo.memory.MemoryPolicy`),
   chosen from the group ``model/memory``;
 - ``protocol`` (optional, default ``voszoo``): the inference input protocol, ``official`` or ``voszoo``
-  (:mod:`voszoo.inference.protocols`); ``voszoo-eval protocol=...`` overrides it.
+  (:mod:`voszoo.inference.protocols`); ``voszoo-eval protocol=...`` overrides it;
+- ``official_weights`` (optional): the official checkpoint the preset's architecture loads, typed metadata
+  (:mod:`voszoo.models.official`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ __all__ = [
     "without_weights",
 ]
 
-RESERVED_MODEL_KEYS = ("name", "memory", "protocol")
+RESERVED_MODEL_KEYS = ("name", "memory", "protocol", "official_weights")
 
 ConfigDirs = str | os.PathLike | Sequence[str | os.PathLike] | None
 """A folder of one's own configs, several, or None (voszoo's own only)."""
@@ -226,7 +228,7 @@ def create_model(
     from voszoo.models.official import load_official_checkpoint
 
     model = build_model(without_weights(cfg))  # every weight is overwritten: load no encoder weights first
-    if load_official_checkpoint(model, path, preset_argument="name") is None:
+    if load_official_checkpoint(model, path, model_cfg=cfg, preset_argument="name", config_dir=config_dir) is None:
         load_model_weights(model, path, model_name=name, use_ema=False)
     return model
 
