@@ -113,8 +113,11 @@ def channels_last_encoders(model: nn.Module) -> list[str]:
 
     Converts each encoder's 4-D weights and installs a forward pre-hook (4-D inputs to channels-last) and a forward
     hook (4-D outputs back to the default layout), so callers and state dicts are unchanged. Idempotent. Returns the
-    converted submodule names (empty for a model that declares no encoders).
+    converted submodule names (empty for a model that declares no encoders; one that does not declare them at all is
+    named in an info log line, so a new model's missing declaration is visible).
     """
+    if getattr(model, "encoder_modules", None) is None:
+        logger.info("channels-last: %s declares no encoder_modules, its encoders stay NCHW", type(model).__name__)
     converted = []
     for name in encoder_module_names(model):
         module = getattr(model, name)

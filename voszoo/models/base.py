@@ -99,9 +99,10 @@ class VOSModel(nn.Module, ABC):
     """Attribute names of the submodules where inference spends its time (image encoders, matcher, decoder): what
     :func:`voszoo.inference.fast_paths.compile_hot_modules` compiles. An attribute set to None on an instance (an
     optional part the preset leaves out) is skipped. None: not declared, so compiling needs explicit names."""
-    encoder_modules: tuple[str, ...] = ()
+    encoder_modules: tuple[str, ...] | None = None
     """The image encoders among ``hot_modules`` (``(B, C, H, W) -> feature maps``): channels-last on the CPU
-    (:func:`voszoo.inference.fast_paths.channels_last_encoders`)."""
+    (:func:`voszoo.inference.fast_paths.channels_last_encoders`). ``()``: none; None: not declared (channels-last
+    then leaves the model as it is and logs that it did)."""
     decoder_module: str = "decoder"
     """The submodule whose first call inside ``segment`` ends the matching stage (:mod:`voszoo.stage_timing`)."""
 
