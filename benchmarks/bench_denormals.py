@@ -50,8 +50,8 @@ def capture_read_inputs(
     reader's positional inputs on the last frame (memory key (B, C_k, T, h, w), memory value, query key, query
     value). ``video``: ``toyvos`` (a ToyVOS video) or ``noise`` (uniform random pixels, as ``voszoo.profiling``
     feeds, with the ToyVOS reference masks)."""
-    from voszoo.inference.memory import KeepAll
     from voszoo.inference.session import InferenceSession
+    from voszoo.memory import KeepAll
     from voszoo.models.registry import build_model
 
     torch.manual_seed(seed)

@@ -296,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from tqdm import tqdm
 
-    from voszoo.cli_common import resolve_device
     from voszoo.data.io import VOSDataError, atomic_write_bytes
+    from voszoo.device import resolve_device
 
     try:
         if args.threads is not None:

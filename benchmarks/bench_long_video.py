@@ -10,7 +10,7 @@ frame 0 carries its ToyVOS masks.
 
 Recorded after every frame:
 
-- ``held_mb``: what the session's memory banks hold (:meth:`voszoo.inference.memory.MemoryBank.held_bytes`: entries,
+- ``held_mb``: what the session's memory banks hold (:meth:`voszoo.memory.MemoryBank.held_bytes`: entries,
   stacking buffers and per-video state, every storage counted once), exact;
 - ``peak_mb``: the peak memory growth since the video started over the memory in use just before it, as
   ``voszoo.profiling`` measures it: on CPU the peak resident set size (Linux ``VmHWM``, reset through
@@ -295,8 +295,8 @@ def _worker(args: argparse.Namespace, device: torch.device) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from voszoo.cli_common import resolve_device
     from voszoo.data.io import VOSDataError, atomic_write_bytes
+    from voszoo.device import resolve_device
 
     try:
         if args.threads is not None:

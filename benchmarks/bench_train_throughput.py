@@ -202,8 +202,8 @@ def time_data_only(
     then the data's own cost). ``epoch_start_s``: per epoch, the time from the new iterator to its first batch."""
     from torch.utils.data import DataLoader
 
+    from voszoo.device import resolve_device
     from voszoo.engine.distributed import shard_indices
-    from voszoo.engine.trainer import resolve_device
     from voszoo.train import build_run
     from voszoo.types import collate_clips
 
@@ -348,7 +348,7 @@ def benchmark(model: str, experiments: dict[str, str], args: argparse.Namespace)
     from omegaconf import open_dict
 
     from voszoo.cli_common import prepare_data
-    from voszoo.engine.trainer import resolve_device
+    from voszoo.device import resolve_device
     from voszoo.models.registry import without_weights
 
     if args.paper_crop:

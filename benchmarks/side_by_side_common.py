@@ -511,8 +511,8 @@ def voszoo_side(args: argparse.Namespace, *, converter: str) -> dict[str, Any]:
     child saved through ``converter`` (``"module.function"``, called as ``function(model, path, strict=True)``;
     imported here, so the official child never imports it), run the video through ``InferenceSession`` with the
     preset's memory policy and time it (:func:`run_timed`)."""
-    from voszoo.inference.memory import EveryN
     from voszoo.inference.session import InferenceSession
+    from voszoo.memory import EveryN
     from voszoo.models.registry import build_memory_policy, build_model
 
     device = torch.device(args.device)

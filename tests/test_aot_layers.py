@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from voszoo.backbones.frozen import FreezableResNetBackbone, FrozenBatchNorm2d, freeze_batch_norm
+from voszoo.backbones.frozen import FreezableResNetBackbone, FrozenBatchNorm2d, convert_frozen_batchnorm
 from voszoo.backbones.mobilenet import MobileNetV2Backbone
 from voszoo.backbones.resnet import ResNetBackbone
 from voszoo.decoders.fpn import FPNHead
@@ -305,7 +305,7 @@ def test_mobilenet_keeps_stride_16_by_dilating_the_last_stages():
         ((1, 1), (2, 2), (2, 2)),
     ]
     # the undilated torchvision stages before it are untouched: same weights -> same s16 features
-    reference = freeze_batch_norm(torchvision.models.mobilenet_v2(weights=None).features.eval())
+    reference = convert_frozen_batchnorm(torchvision.models.mobilenet_v2(weights=None).features.eval())
     reference.load_state_dict({k[len("features.") :]: v for k, v in backbone.state_dict().items()})
     torch.testing.assert_close(reference[:14](torch.ones(1, 3, 32, 32)), backbone(torch.ones(1, 3, 32, 32))["s16"])
     assert not any(isinstance(m, nn.BatchNorm2d) for m in backbone.modules())

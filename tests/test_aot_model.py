@@ -9,11 +9,11 @@ from clips_util import tiny_clip
 
 from voszoo.backbones.mobilenet import MobileNetV2Backbone
 from voszoo.decoders.fpn import FPNHead
-from voszoo.inference.memory import EveryN
 from voszoo.inference.session import InferenceSession
 from voszoo.layers.identity import IdentityBank
 from voszoo.layers.lstt import LSTT
 from voszoo.losses import SegmentationCriterion
+from voszoo.memory import EveryN
 from voszoo.models.aot import AOT
 from voszoo.models.base import labels_to_probs
 from voszoo.types import Clip

@@ -11,7 +11,7 @@ import torch
 from clips_util import tiny_clip
 from omegaconf import OmegaConf
 
-from voszoo.inference.memory import EveryN
+from voszoo.memory import EveryN
 from voszoo.models.convert import CheckpointMismatchError
 from voszoo.models.convert_aot import is_official_aot_state, load_official_aot
 from voszoo.models.registry import build_memory_policy, compose_model_config, create_model
@@ -146,7 +146,7 @@ def test_voszoo_eval_loads_official_aot_weights(models, tmp_path):
     official = synthetic_official("aotl", seed=3)
     path = tmp_path / "AOTL_PRE_YTB_DAV.pth"
     torch.save({"state_dict": official}, path)
-    cfg = OmegaConf.create({"checkpoint": str(path), "model": {"name": "aot_l"}, "use_ema": False})
+    cfg = OmegaConf.create({"checkpoint": str(path), "model": compose_model_config("aot_l"), "use_ema": False})
     assert load_weights(model, cfg) == f"{path} (official AOT weights)"
     assert torch.equal(model.state_dict()["LSTT.layers.2.linear2.weight"], official["LSTT.layers.2.linear2.weight"])
 

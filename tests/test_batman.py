@@ -8,11 +8,11 @@ from clips_util import tiny_clip
 from torch import nn
 
 from voszoo.decoders.fpn import FPNHead
-from voszoo.inference.memory import EveryN
 from voszoo.layers.bilateral import BilateralTransformer
 from voszoo.layers.flow import FlowCalibration, GroundTruthFlow, NoFlow, RAFTFlow
 from voszoo.layers.identity import IdentityBank
 from voszoo.losses import SegmentationCriterion
+from voszoo.memory import EveryN
 from voszoo.models.base import labels_to_probs
 from voszoo.models.batman import BATMAN
 

@@ -15,8 +15,9 @@ from omegaconf import OmegaConf
 from tiny_models import AffinityModel
 from torch import Tensor, nn
 
+import voszoo
 from voszoo.benchmark import COLUMNS, MEASURED, failed_rows, format_markdown, published_rows, write_plot
-from voszoo.inference.memory import MemoryBank
+from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
 from voszoo.profiling import count_macs, machine_info, main, profile_model
 
@@ -195,25 +196,28 @@ def test_plot_is_written_or_skipped_cleanly(tmp_path: Path, caplog: pytest.LogCa
         assert path == tmp_path / "board.png" and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_leaderboard_config_trains_every_quick_experiment() -> None:
+def test_leaderboard_trains_every_quick_experiment_and_generates_a_row_for_every_other_preset(tmp_path: Path) -> None:
+    from voszoo.benchmark import board_entries
+    from voszoo.hydra_compose import compose_config
+
     conf = Path(__file__).resolve().parents[1] / "conf"
-    board = OmegaConf.load(conf / "leaderboard.yaml")
+    board = compose_config("leaderboard")
+    entries = board_entries(board)
     quick = sorted(p.stem for p in (conf / "experiment").glob("*_quick.yaml"))
-    trained = sorted(str(o).removeprefix("experiment=") for e in board.entries if "train" in e for o in e.train)
+    trained = sorted(str(o).removeprefix("experiment=") for e in entries if "train" in e for o in e.train)
     assert trained == quick
-    # every model preset is a row: trained through a quick experiment, or its cost columns alone
-    presets = sorted(p.stem for p in (conf / "model").glob("*.yaml"))
-    quick_models = {
-        next(
-            str(d["override /model"])
-            for d in OmegaConf.load(conf / "experiment" / f"{q}.yaml").defaults
-            if "override /model" in d
-        )
-        for q in quick
-    }
-    cost_only = {str(e.cost_only) for e in board.entries if "cost_only" in e}
-    assert not quick_models & cost_only
-    assert sorted(quick_models | cost_only) == presets
+    # every model preset is one row: trained through a quick experiment, or its cost columns alone (generated)
+    trained_presets = [compose_config("train", list(e.train)).model.name for e in entries if "train" in e]
+    cost_only = [str(e.cost_only) for e in entries if "cost_only" in e]
+    assert not any("cost_only" in e for e in board.entries)  # none kept by hand
+    assert sorted([*trained_presets, *cost_only]) == voszoo.list_models()
+    # a preset of one's own (a --config-dir folder) gets its row without an edit to the board
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "my_stm.yaml").write_text("defaults:\n  - stm_r18\n  - _self_\n\nname: my_stm\n")
+    mine = board_entries(board, [f"file://{tmp_path}"])
+    assert [str(e.name) for e in mine if str(e.name) not in {str(x.name) for x in entries}] == ["my_stm"]
+    demo_entries = board_entries(compose_config("bench"))  # the demo board generates nothing: its own two entries
+    assert [str(e.name) for e in demo_entries] == ["copy_first_frame", "stm_r18_quick"]
     demo = OmegaConf.load(conf / "bench.yaml")
     assert [e.name for e in demo.entries] == ["copy_first_frame", "stm_r18_quick"]  # the demo stays small
     assert OmegaConf.to_container(demo.profile) == {

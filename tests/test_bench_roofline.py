@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voszoo.inference.memory import KeepAll, MemoryBank
+from voszoo.memory import KeepAll, MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel, labels_to_probs
 from voszoo.stage_timing import StageTimer
 

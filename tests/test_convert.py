@@ -12,8 +12,9 @@ from torch import nn
 
 from voszoo.backbones import ResNetBackbone
 from voszoo.decoders import RefineDecoder
-from voszoo.inference.memory import KeepAll
+from voszoo.engine.checkpoint import CheckpointError
 from voszoo.layers import KeyValueProjection, SpaceTimeMemoryRead
+from voszoo.memory import KeepAll
 from voszoo.models.base import labels_to_probs
 from voszoo.models.convert import CheckpointMismatchError, convert_stm_state_dict, load_official_stm
 from voszoo.models.stm import STM
@@ -211,7 +212,7 @@ def test_loads_from_a_file(tmp_path, model, checkpoint):
     assert report.source == str(path)
     assert "query_encoder.conv1.weight" in report.missing
     assert torch.equal(model.decoder.refines[1].conv_skip.bias, checkpoint["module.Decoder.RF2.convFS.bias"])
-    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+    with pytest.raises(CheckpointError, match=r"^official STM checkpoint .*absent\.pth: file not found"):
         load_official_stm(model, tmp_path / "absent.pth")
 
 

@@ -25,8 +25,13 @@ def test_official_aot_checkpoint_is_converted_into_the_preset(tmp_path: Path) ->
     assert all(torch.equal(state[key], value) for key, value in official.items())
     with pytest.raises(CheckpointMismatchError, match="mis-shaped"):  # AOT-T weights, AOT-B preset: strict
         voszoo.create_model("aot_b", weights=path)
-    with pytest.raises(CheckpointError, match=r"official AOT checkpoint: name=aot_t, .* \(this run builds an STM\)"):
-        voszoo.create_model("stm_r18", weights=path)
+    with pytest.raises(CheckpointError, match=r"official AOT checkpoint: name=aot_t \(this run builds an STM\)") as e:
+        voszoo.create_model("stm_r18", weights=path)  # the preset whose official_weights.files has this file name
+    assert e.value.hint == "rerun with name=aot_t"
+    renamed = tmp_path / "renamed.pth"
+    path.rename(renamed)
+    with pytest.raises(CheckpointError, match=r"AOT checkpoint: name=aot_b, aot_l, aot_s, aot_t or r50_aot_l, as its"):
+        voszoo.create_model("stm_r18", weights=renamed)  # every preset that declares the AOT format
 
 
 def test_official_stm_checkpoint_is_converted_into_the_preset(tmp_path: Path) -> None:

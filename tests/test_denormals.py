@@ -19,9 +19,9 @@ from voszoo.inference.denormals import (
     flush_denormals_available,
     resolve_flush_denormal,
 )
-from voszoo.inference.memory import KeepAll
 from voszoo.inference.session import InferenceSession
 from voszoo.layers.memory_read import memory_affinity, space_time_memory_read
+from voszoo.memory import KeepAll
 from voszoo.models.registry import build_memory_policy, build_model, random_weights_config
 
 TINY = torch.finfo(torch.float32).tiny

@@ -20,8 +20,8 @@ from voszoo.inference.fast_paths import (
     restore_eager,
     use_channels_last,
 )
-from voszoo.inference.memory import KeepAll
 from voszoo.inference.session import InferenceSession
+from voszoo.memory import KeepAll
 
 LOGGER = "voszoo.inference.fast_paths"
 
@@ -196,12 +196,14 @@ def test_session_compile_modules_flag_compiles_the_presets_hot_modules(monkeypat
         InferenceSession(tiny_model(), policy_factory=KeepAll, compile_modules=True)
 
 
-def test_channels_last_is_a_no_op_on_cpu_and_amp_none_means_float32() -> None:
+def test_channels_last_is_a_no_op_on_cpu_and_amp_none_means_float32(caplog: pytest.LogCaptureFixture) -> None:
     images, labels = tiny_video()
     model = tiny_model()
     reference = session_probs(model, images, labels, channels_last=False)
     assert use_channels_last(model, device="cpu") is False
+    caplog.set_level(logging.INFO, logger=LOGGER)
     assert encoder_module_names(model) == () and channels_last_encoders(model) == []
+    assert "AffinityModel declares no encoder_modules, its encoders stay NCHW" in caplog.text  # not silently
     assert model.embed.weight.is_contiguous()  # still NCHW
     for got, want in zip(session_probs(model, images, labels, channels_last=True, amp="none"), reference, strict=True):
         assert torch.equal(got, want)

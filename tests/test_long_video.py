@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from voszoo.data.toy import render_toyvos_video
-from voszoo.inference.memory import KeepAll
 from voszoo.inference.session import InferenceSession
+from voszoo.memory import KeepAll
 from voszoo.models.registry import build_memory_policy, build_model, compose_model_config, list_models
 from voszoo.profiling import _proc_status_kib, _reset_peak_rss
 

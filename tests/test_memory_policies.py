@@ -1,4 +1,4 @@
-"""voszoo.inference.memory: each policy keeps exactly the frames it promises, under the shared max_frames cap."""
+"""voszoo.memory: each policy keeps exactly the frames it promises, under the shared max_frames cap."""
 
 import math
 import pickle
@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from voszoo.inference.memory import (
+from voszoo.memory import (
     EveryN,
     FirstAndPrevious,
     FirstOnly,

@@ -6,7 +6,7 @@ from clips_util import tiny_clip
 from hydra import compose, initialize_config_dir
 
 from voszoo._paths import conf_dir
-from voszoo.inference.memory import MemoryPolicy
+from voszoo.memory import MemoryPolicy
 from voszoo.models.base import VOSModel
 from voszoo.models.registry import build_memory_policy, build_model
 

@@ -13,7 +13,6 @@ from torch import nn
 from voszoo._paths import conf_dir
 from voszoo.backbones import ResNetBackbone
 from voszoo.decoders import RefineDecoder
-from voszoo.inference.memory import EveryN
 from voszoo.inference.session import InferenceSession
 from voszoo.layers import KeyValueProjection, SpaceTimeMemoryRead, space_time_memory_read
 from voszoo.layers.motion_guided import (
@@ -24,6 +23,7 @@ from voszoo.layers.motion_guided import (
     prior_attn_bias,
 )
 from voszoo.losses import SegmentationCriterion
+from voszoo.memory import EveryN
 from voszoo.models.base import labels_to_probs
 from voszoo.models.mga import MGA
 from voszoo.models.registry import build_model, compose_model_config

@@ -10,7 +10,6 @@ from torch import nn
 from voszoo._paths import conf_dir
 from voszoo.backbones import ResNetBackbone
 from voszoo.decoders import RefineDecoder
-from voszoo.inference.memory import EveryN, KeepAll
 from voszoo.inference.session import InferenceSession
 from voszoo.layers import KeyValueProjection, SpaceTimeMemoryRead
 from voszoo.layers.motion_uncertainty import (
@@ -20,6 +19,7 @@ from voszoo.layers.motion_uncertainty import (
     MULayer,
 )
 from voszoo.losses import SegmentationCriterion
+from voszoo.memory import EveryN, KeepAll
 from voszoo.models.base import labels_to_probs
 from voszoo.models.munet import MUNet
 from voszoo.models.registry import build_model, compose_model_config

@@ -10,8 +10,6 @@ import pytest
 import torch
 from tiny_models import AffinityModel
 
-from voszoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from voszoo.inference.memory import FirstAndPrevious
 from voszoo.inference.protocols import (
     AOTOfficialProtocol,
     STMOfficialProtocol,
@@ -21,7 +19,9 @@ from voszoo.inference.protocols import (
     stm_official_padding,
 )
 from voszoo.inference.session import InferenceSession
+from voszoo.memory import FirstAndPrevious
 from voszoo.models.registry import build_memory_policy, build_model, compose_model_config, random_weights_config
+from voszoo.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
 STD = torch.tensor(IMAGENET_STD).view(3, 1, 1)

@@ -8,11 +8,13 @@ import sys
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 import voszoo
 from voszoo._paths import conf_dir
-from voszoo.inference.memory import EveryN, FixedCount
+from voszoo.hydra_compose import override_value
+from voszoo.memory import EveryN, FixedCount
 from voszoo.models.registry import build_memory_policy, compose_model_config
 
 
@@ -36,6 +38,16 @@ def test_overrides_swap_components_and_values() -> None:
     assert isinstance(build_memory_policy(compose_model_config("stm")), EveryN)
     model = voszoo.create_model("stm_r18", **{"decoder.hidden_channels": 32})
     assert model.decoder is not None and sum(p.numel() for p in model.parameters()) < 9_336_578
+
+
+@pytest.mark.parametrize(
+    "value", [None, True, 3, 1e-4, "cuda:0", "null", "1", "a,b", "it's", "", [1, "a", None], {"a": 1, "b": [1, 2]}]
+)
+def test_override_value_reads_back_as_the_value(value: object) -> None:
+    # create_model(**values) and voszoo-eval's "rerun with:" hint both spell values this way; Hydra must read the
+    # same value back (a string that looks like a number, null or a sweep stays a string)
+    parsed = OverridesParser.create().parse_override(f"key={override_value(value)}")
+    assert not parsed.is_sweep_override() and parsed.value() == value
 
 
 def test_create_model_leaves_a_callers_hydra_untouched() -> None:

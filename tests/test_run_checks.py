@@ -166,8 +166,8 @@ def test_a_frame_smaller_than_the_stride_names_its_file_before_predicting(tmp_pa
     from tiny_models import AffinityModel
 
     from voszoo.data.io import VOSDataError
-    from voszoo.inference.memory import FirstAndPrevious
     from voszoo.inference.predict import SessionPredictor
+    from voszoo.memory import FirstAndPrevious
 
     class Coarse(AffinityModel):
         stride = 8  # the check happens before any forward: the model's layers do not matter

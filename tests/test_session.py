@@ -7,8 +7,8 @@ import pytest
 import torch
 from tiny_models import AffinityModel
 
-from voszoo.inference.memory import EveryN, FirstAndPrevious
 from voszoo.inference.session import InferenceSession
+from voszoo.memory import EveryN, FirstAndPrevious
 
 COLOURS = {1: (230, 20, 20), 3: (20, 230, 20), 7: (20, 20, 230)}
 

@@ -11,7 +11,9 @@ from torch import nn
 
 from voszoo.backbones import ResNetBackbone
 from voszoo.decoders import RefineDecoder
-from voszoo.inference.memory import (
+from voszoo.layers.interactive import InteractiveTransformer
+from voszoo.losses import SegmentationCriterion
+from voszoo.memory import (
     EveryN,
     FirstAndPrevious,
     FirstOnly,
@@ -20,8 +22,6 @@ from voszoo.inference.memory import (
     MemoryBank,
     PreviousOnly,
 )
-from voszoo.layers.interactive import InteractiveTransformer
-from voszoo.losses import SegmentationCriterion
 from voszoo.models.base import labels_to_probs
 from voszoo.models.registry import build_memory_policy, build_model, compose_model_config
 from voszoo.models.sitvos import SITVOS

@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from voszoo.data.toy import render_toyvos_video
-from voszoo.inference.memory import KeepAll, MemoryBank
 from voszoo.inference.session import InferenceSession
+from voszoo.memory import KeepAll, MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel, labels_to_probs
 from voszoo.models.registry import create_model
 from voszoo.stage_timing import STAGES, StageTimer

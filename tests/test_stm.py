@@ -11,9 +11,9 @@ from torch import nn
 
 from voszoo.backbones import ResNetBackbone
 from voszoo.decoders import RefineDecoder
-from voszoo.inference.memory import EveryN, KeepAll
 from voszoo.layers import KeyValueProjection, SpaceTimeMemoryRead, soft_aggregate
 from voszoo.losses import SegmentationCriterion
+from voszoo.memory import EveryN, KeepAll
 from voszoo.models.base import labels_to_probs
 from voszoo.models.stm import STM
 

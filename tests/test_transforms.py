@@ -7,13 +7,12 @@ import pytest
 import torch
 
 from voszoo.data.transforms import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     ClipTransform,
     normalize_image,
     resize_labels,
     visible_objects,
 )
+from voszoo.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 BLOCK = 16
 

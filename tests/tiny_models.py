@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voszoo.inference.memory import MemoryBank
+from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
 
 

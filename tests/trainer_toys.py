@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from voszoo.inference.memory import MemoryBank
+from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
 
 

@@ -10,6 +10,10 @@ Each entry is one of (one key each):
 - ``cost_only: <preset>`` (optionally ``overrides: [key=value, ...]`` of the model config): the cost columns alone,
   for presets that cannot be trained or scored on this machine (J&F stays empty; the row says so).
 
+With ``cost_only_untrained: true`` (conf/leaderboard.yaml) the board adds a ``cost_only`` row for every model preset
+(``voszoo.list_models()``, the board's own config folders included) that no entry trains, evaluates or profiles:
+the board's preset rows are generated from the config tree, never kept by hand (:func:`board_entries`).
+
 Every model entry is then profiled in a fresh process (``python -m voszoo.profiling``, see
 :mod:`voszoo.profiling`): parameters, MACs of one inference step, FPS and peak memory at ``profile.size`` (480p by
 default). With ``published: true`` the papers' results for the board's dataset and split
@@ -46,6 +50,7 @@ __all__ = [
     "failed_rows",
     "format_markdown",
     "main",
+    "board_entries",
     "published_rows",
     "run_benchmark",
     "user_search_path",
@@ -125,6 +130,46 @@ def _prepare_pretrained(entries: Any, search_path: list[str]) -> None:
             logger.warning("entry %s: cannot compose its config to look for weights: toyvos (%s)", entry.name, error)
             continue
         prepare_pretrained(model_cfg)
+
+
+def _entry_preset(entry: DictConfig, search_path: list[str]) -> str | None:
+    """The model preset an entry trains, evaluates or profiles (its composed ``model.name``); None for a baseline or
+    an entry that does not compose (it fails as its own row)."""
+    from voszoo.hydra_compose import compose_config
+
+    if entry.get("cost_only"):
+        return str(entry.cost_only)
+    config_name, overrides = ("train", entry.get("train")) if entry.get("train") else ("eval", entry.get("evaluate"))
+    if not overrides:
+        return None
+    try:
+        return str(compose_config(config_name, [*_search_path_override(search_path), *map(str, overrides)]).model.name)
+    except Exception as error:  # noqa: BLE001 - reported by the entry's own run
+        logger.warning("entry %s: cannot compose its config to find its preset (%s)", entry.get("name"), error)
+        return None
+
+
+def board_entries(cfg: DictConfig, search_path: list[str] | None = None) -> list[DictConfig]:
+    """The entries the board runs: ``cfg.entries``, then, with ``cfg.cost_only_untrained``, a ``cost_only`` row for
+    every preset of :func:`voszoo.list_models` (and of the ``file://`` folders in ``search_path``, the board's own
+    config folders) that none of them trains, evaluates or profiles, in name order."""
+    from voszoo.models.registry import list_models
+
+    entries = list(cfg.entries)
+    if not cfg.get("cost_only_untrained", False):
+        return entries
+    search_path = list(search_path or [])
+    folders = [item.removeprefix("file://") for item in search_path if item.startswith("file://")]
+    covered = {_entry_preset(entry, search_path) for entry in entries}
+    names = {str(entry.get("name")) for entry in entries}
+    for preset in list_models(config_dir=folders or None):
+        if preset not in covered:
+            if preset in names:
+                raise ValueError(
+                    f"cost_only_untrained: preset {preset!r} needs a row, but an entry already has its name"
+                )
+            entries.append(OmegaConf.create({"name": preset, "cost_only": preset}))
+    return entries
 
 
 def _run_logged(command: list[str], log_path: Path, what: str) -> None:
@@ -327,12 +372,12 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
     prepare_data(cfg.data)
     published = _published_for(cfg)  # read before hours of training: a broken file fails now
     search_path = user_search_path()
-    _prepare_pretrained(cfg.entries, search_path)
+    entries = board_entries(cfg, search_path)
+    _prepare_pretrained(entries, search_path)
     profile = cfg.get("profile")
     profiling = profile is not None and bool(profile.get("enabled", True))
     rows: list[dict[str, Any]] = []
     reports: dict[int, Path] = {}
-    entries = list(cfg.entries)
     bar = tqdm(entries, desc="leaderboard", unit="entry", disable=None)  # tqdm's ETA: mean time per entry so far
     for entry in bar:
         bar.set_postfix(entry=entry.name)

@@ -26,7 +26,6 @@ __all__ = [
     "guarded_task",
     "hydra_entry",
     "prepare_data",
-    "resolve_device",
 ]
 
 logger = logging.getLogger("voszoo")
@@ -176,14 +175,6 @@ def prepare_data(data: DictConfig) -> None:
     raise TimeoutError(f"waited an hour for local rank 0 to generate ToyVOS at {data.root}")
 
 
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def session_protocol(model: Any, model_cfg: Any, *, protocol: str | None, short_side: int | None) -> str:
     """The input protocol name an evaluation uses: ``protocol`` if given, else ``voszoo`` when ``short_side`` is set
     (a setting of that protocol), else the preset's ``model_cfg.protocol`` (``voszoo`` if it has none). Checked
@@ -207,7 +198,7 @@ def evaluate_model(
     collection: Any,
     out_dir: str | Path,
     *,
-    device: str = "cpu",
+    device: Any = "cpu",
     max_frames: int | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:

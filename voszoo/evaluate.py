@@ -23,9 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
-from voszoo.cli_common import config_int, evaluate_model, hydra_entry, prepare_data, resolve_device
+from voszoo.cli_common import config_int, evaluate_model, hydra_entry, prepare_data
 
 if TYPE_CHECKING:
+    import torch
+
     from voszoo.evaluation.sharding import EvalGroup
 
 __all__ = ["main", "evaluate", "check_eval_config", "config_differences", "model_config_hint"]
@@ -34,8 +36,9 @@ logger = logging.getLogger("voszoo.evaluate")
 
 
 def load_weights(model: Any, cfg: DictConfig) -> str:
-    """Load ``cfg.checkpoint`` into ``model``: a voszoo checkpoint, or an official STM (``STM_weights.pth``) or AOT
-    (``AOT*_*.pth``) checkpoint, converted strictly. Returns a description of what was loaded."""
+    """Load ``cfg.checkpoint`` into ``model``: a voszoo checkpoint, or the official checkpoint the preset declares
+    (``cfg.model.official_weights``: STM's ``STM_weights.pth``, AOT's ``AOT*_*.pth``), converted strictly. Returns a
+    description of what was loaded."""
     from voszoo.engine.checkpoint import CheckpointError, load_model_weights
 
     if cfg.checkpoint is None:
@@ -46,7 +49,7 @@ def load_weights(model: Any, cfg: DictConfig) -> str:
         raise CheckpointError(f"checkpoint {path}: file not found")
     from voszoo.models.official import load_official_checkpoint
 
-    official = load_official_checkpoint(model, path)
+    official = load_official_checkpoint(model, path, model_cfg=cfg.model)
     if official is not None:
         return official
     try:
@@ -87,11 +90,15 @@ def _a(name: str) -> str:
 
 def model_config_hint(path: str | Path, model_cfg: DictConfig) -> str | None:
     """Why a voszoo checkpoint may not fit: the model-config keys its training run set differently from this run
-    (e.g. ``experiment=aot_quick`` trains with ``model.encoder.frozen_bn=false``), as overrides to pass; None if the
-    checkpoint carries no config or the two model configs agree."""
+    (e.g. ``experiment=aot_quick`` trains with ``model.encoder.frozen_bn=false``), as overrides to paste into a shell
+    (each ``key=value`` shell-quoted where needed); None if the checkpoint carries no config or the two model configs
+    agree."""
+    import shlex
+
     from omegaconf import OmegaConf
 
     from voszoo.engine.checkpoint import CheckpointError, read_checkpoint
+    from voszoo.hydra_compose import override_value
 
     try:
         saved = (read_checkpoint(path).get("config") or {}).get("model")
@@ -102,7 +109,7 @@ def model_config_hint(path: str | Path, model_cfg: DictConfig) -> str | None:
     differences = config_differences(saved, OmegaConf.to_container(model_cfg, resolve=True), prefix="model")
     if not differences:
         return None
-    shown = " ".join(f"{key}={_override_value(value)}" for key, value in differences[:8])
+    shown = " ".join(shlex.quote(f"{key}={override_value(value)}") for key, value in differences[:8])
     more = f" (and {len(differences) - 8} more)" if len(differences) > 8 else ""
     return f"Its training run built the model with other settings; rerun with: {shown}{more}"
 
@@ -122,37 +129,27 @@ def config_differences(saved: Any, current: Any, *, prefix: str) -> list[tuple[s
     return [] if saved == current else [(prefix, saved)]
 
 
-def _override_value(value: Any) -> str:
-    """A Hydra override's right-hand side for a plain config value."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (list, dict)):
-        import json
-
-        return "'" + json.dumps(value).replace('"', "") + "'"
-    return str(value)
-
-
 def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
     """Predict and score ``cfg``'s model on its dataset into ``output_dir``; returns the metrics written to
     ``metrics.json``. Under ``torchrun`` every rank calls this; rank 0 alone writes and returns the metrics (the
     others return ``{}``), into rank 0's ``output_dir``."""
+    import torch
+
+    from voszoo.device import resolve_device
     from voszoo.engine.distributed import destroy_distributed
     from voszoo.evaluation.sharding import DEFAULT_TIMEOUT, join_eval_group
 
     check_eval_config(cfg)
     device = resolve_device(cfg.device)
     group = join_eval_group(
-        device_type="cuda" if device.startswith("cuda") else "cpu",
+        device_type=device.type,
         timeout=float(cfg.get("dist_timeout", DEFAULT_TIMEOUT)),
     )
     try:
         if group is None:
             return _evaluate(cfg, output_dir, device=device, group=None)
-        if device.startswith("cuda"):
-            device = f"cuda:{group.local_rank}"
+        if device.type == "cuda":
+            device = torch.device("cuda", group.local_rank)
         return _evaluate(cfg, _shared_output_dir(group, output_dir), device=device, group=group)
     finally:
         destroy_distributed()
@@ -183,7 +180,9 @@ def _shared_output_dir(group: EvalGroup, output_dir: str | Path) -> str:
     return shared
 
 
-def _evaluate(cfg: DictConfig, output_dir: str | Path, *, device: str, group: EvalGroup | None) -> dict[str, Any]:
+def _evaluate(
+    cfg: DictConfig, output_dir: str | Path, *, device: torch.device, group: EvalGroup | None
+) -> dict[str, Any]:
     import torch
 
     from voszoo.evaluation.pipeline import write_metrics

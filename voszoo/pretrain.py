@@ -20,7 +20,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from voszoo.cli_common import hydra_entry, prepare_data, resolve_device
+from voszoo.cli_common import hydra_entry, prepare_data
+from voszoo.device import resolve_device
 
 __all__ = [
     "architecture_of",
@@ -118,7 +119,7 @@ def pretrain(cfg: DictConfig, output_dir: str | Path | None = None, *, progress:
 
     hooks = [EvalHook(probe, every=int(cfg.probe_every), at_end=False)] if cfg.get("probe_every") else []
     trainer_args = {k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items()}
-    trainer_args["device"] = resolve_device(trainer_args.get("device", "auto"))
+    trainer_args["device"] = resolve_device(trainer_args.get("device", "auto"), key="trainer.device")
     trainer = Trainer(
         model=model,
         data=dataset,

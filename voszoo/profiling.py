@@ -122,8 +122,8 @@ def count_macs(
 ) -> int:
     """Multiply-accumulates of one inference step of ``model`` on a frame of ``size`` (H, W), padded to the model
     stride: ``encode`` + ``segment`` + ``memorize`` against a one-frame memory (see the module docstring)."""
-    from voszoo.inference.memory import KeepAll
     from voszoo.inference.preprocess import FrameGeometry
+    from voszoo.memory import KeepAll
     from voszoo.models.base import labels_to_probs
 
     height, width = FrameGeometry.create(tuple(size), stride=model.stride).padded
@@ -273,8 +273,8 @@ def profile_model(
     module docstring says what each one counts.
     The session runs first, so that memory freed by it cannot hide growth from the MAC count and vice versa.
     """
-    from voszoo.inference.memory import KeepAll
     from voszoo.inference.session import InferenceSession
+    from voszoo.memory import KeepAll
 
     if frames < 2:
         raise ValueError(f"profile_model: frames must be >= 2 (a reference frame and a timed one), got {frames}")
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.model is None) == (args.config is None):
         parser.error("give either a model preset name or --config, not both")
-    from voszoo.cli_common import resolve_device
+    from voszoo.device import resolve_device
     from voszoo.errors import request_full_errors, run_command
     from voszoo.models.registry import build_memory_policy, build_model, without_weights
 
@@ -384,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
             size=tuple(args.size),
             frames=args.frames,
             num_objects=args.objects,
-            device=resolve_device(args.device),
+            device=resolve_device(args.device, key="--device"),
             policy_factory=policy,
             amp=None if args.amp == "none" else args.amp,
             compile_modules=args.compile,

@@ -18,8 +18,9 @@ session's own aggregation), so the four stages plus ``other`` add up to ``total`
 :meth:`StageTimer.frame` block; a stage called from inside another one (none of voszoo's models does) counts towards
 the outer one. Several calls per frame (one ``segment`` per object group and test-time view) are summed.
 
-Every voszoo model keeps its decoder under ``decoder`` (STM, MUNet, MGA, SITVOS, AOT, BATMAN); another model names
-its own with ``decoder_attr`` (a dotted submodule path). A model whose ``segment`` never calls that submodule counts
+Every voszoo model keeps its decoder under ``decoder`` (STM, MUNet, MGA, SITVOS, AOT, BATMAN); a model with
+another one declares it (``decoder_module``, :class:`~voszoo.models.base.VOSModel`), or a caller passes
+``decoder_attr`` (a dotted submodule path). A model whose ``segment`` never calls that submodule counts
 all of ``segment`` as matching.
 
 Timing: on CUDA ``torch.cuda.Event`` pairs on the current stream of the model's device, read after one
@@ -89,7 +90,8 @@ class StageTimer:
     Args:
         model: a :class:`~voszoo.models.base.VOSModel` (anything with ``encode``, ``memorize``, ``segment`` and a
             decoder submodule).
-        decoder_attr: dotted path of the decoder submodule, whose first call inside ``segment`` ends matching.
+        decoder_attr: dotted path of the decoder submodule, whose first call inside ``segment`` ends matching; None:
+            the one the model declares (``decoder_module``, ``"decoder"`` by default).
         device: where the model runs (CUDA: event timing); None = the device of its first parameter (CPU if none).
         clock: a function returning seconds (e.g. ``time.thread_time`` for CPU time); None: CUDA events on CUDA,
             ``time.perf_counter`` elsewhere. A clock given on CUDA is read as is (synchronise inside it if needed).
@@ -105,10 +107,12 @@ class StageTimer:
         self,
         model: nn.Module,
         *,
-        decoder_attr: str = "decoder",
+        decoder_attr: str | None = None,
         device: torch.device | str | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
+        if decoder_attr is None:
+            decoder_attr = str(getattr(model, "decoder_module", "decoder"))
         missing = [name for name, _ in _METHODS if not callable(getattr(model, name, None))]
         if missing:
             raise ValueError(f"StageTimer: {type(model).__name__} has no {', '.join(missing)} method (not a VOSModel)")

@@ -28,7 +28,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from voszoo.cli_common import config_float, config_int, evaluate_model, hydra_entry, prepare_data, resolve_device
+from voszoo.cli_common import config_float, config_int, evaluate_model, hydra_entry, prepare_data
+from voszoo.device import resolve_device
 
 __all__ = [
     "build_loggers",
@@ -274,7 +275,7 @@ def build_run(cfg: DictConfig) -> dict[str, Any]:
     trainer_args = {
         k: v for k, v in OmegaConf.to_container(cfg.trainer, resolve=True).items() if k not in _NOT_TRAINER_ARGS
     }
-    trainer_args["device"] = resolve_device(trainer_args.get("device", "auto"))
+    trainer_args["device"] = resolve_device(trainer_args.get("device", "auto"), key="trainer.device")
     init_from = init_from_of(cfg)
     if init_from is not None:
         trainer_args["init_from"] = init_from

@@ -1,6 +1,6 @@
 """Image backbones returning multi-scale feature maps ``{"s4", "s8", "s16"}``."""
 
-from voszoo.backbones.frozen import FreezableResNetBackbone, FrozenBatchNorm2d, freeze_batch_norm
+from voszoo.backbones.frozen import FreezableResNetBackbone, FrozenBatchNorm2d, convert_frozen_batchnorm
 from voszoo.backbones.mobilenet import MOBILENET_V2_CHANNELS, MobileNetV2Backbone
 from voszoo.backbones.resnet import RESNET_CHANNELS, ResNetBackbone
 
@@ -11,5 +11,5 @@ __all__ = [
     "FrozenBatchNorm2d",
     "MobileNetV2Backbone",
     "ResNetBackbone",
-    "freeze_batch_norm",
+    "convert_frozen_batchnorm",
 ]

@@ -23,7 +23,7 @@ from torchvision.ops import misc
 
 from voszoo.backbones.resnet import ResNetBackbone
 
-__all__ = ["FreezableResNetBackbone", "FrozenBatchNorm2d", "freeze_batch_norm", "freeze_stages"]
+__all__ = ["FreezableResNetBackbone", "FrozenBatchNorm2d", "convert_frozen_batchnorm", "freeze_stages"]
 
 
 class FrozenBatchNorm2d(misc.FrozenBatchNorm2d):
@@ -35,9 +35,13 @@ class FrozenBatchNorm2d(misc.FrozenBatchNorm2d):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
-def freeze_batch_norm(module: nn.Module) -> nn.Module:
+def convert_frozen_batchnorm(module: nn.Module) -> nn.Module:
     """Replace every :class:`torch.nn.BatchNorm2d` inside ``module`` by a ``FrozenBatchNorm2d`` with the same
-    weight, bias, running statistics and eps (in place; returns ``module``, or the replacement if it is one)."""
+    weight, bias, running statistics and eps (in place; returns ``module``, or the replacement if it is one).
+
+    The state dict changes (affine terms become buffers, no ``num_batches_tracked``), as the official AOT encoders
+    have it; detectron2 names this ``FrozenBatchNorm2d.convert_frozen_batchnorm``. To freeze the batch norms of any
+    model for training while keeping its state dict, use :func:`voszoo.engine.optim.freeze_batchnorm`."""
     if isinstance(module, nn.BatchNorm2d):
         frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
         frozen.weight.copy_(module.weight.detach())
@@ -46,7 +50,7 @@ def freeze_batch_norm(module: nn.Module) -> nn.Module:
         frozen.running_var.copy_(module.running_var)
         return frozen.to(module.weight.device)
     for name, child in module.named_children():
-        replaced = freeze_batch_norm(child)
+        replaced = convert_frozen_batchnorm(child)
         if replaced is not child:
             setattr(module, name, replaced)
     return module
@@ -80,7 +84,7 @@ class FreezableResNetBackbone(ResNetBackbone):
         self.frozen_bn = frozen_bn
         self.freeze_at = freeze_at
         if frozen_bn:
-            freeze_batch_norm(self)
+            convert_frozen_batchnorm(self)
         stem = nn.ModuleList([self.conv1, self.bn1])
         freeze_stages([stem, self.layer1, self.layer2, self.layer3], freeze_at)
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torchvision
 from torch import Tensor, nn
 
-from voszoo.backbones.frozen import freeze_batch_norm, freeze_stages
+from voszoo.backbones.frozen import convert_frozen_batchnorm, freeze_stages
 from voszoo.backbones.weights import check_torchvision_load, read_torchvision_weights
 
 __all__ = ["MOBILENET_V2_CHANNELS", "MobileNetV2Backbone"]
@@ -55,7 +55,7 @@ class MobileNetV2Backbone(nn.Module):
         if weights is not None:
             self.load_torchvision_weights(weights)
         if frozen_bn:
-            freeze_batch_norm(self)
+            convert_frozen_batchnorm(self)
         stages = [nn.ModuleList(self.features[a:b]) for a, b in _STAGES]
         freeze_stages([self.features[0], *stages], freeze_at)
 

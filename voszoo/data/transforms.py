@@ -42,20 +42,15 @@ import torch
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
+from voszoo.normalization import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
-    "IMAGENET_MEAN",
-    "IMAGENET_STD",
     "normalize_image",
     "visible_objects",
     "resize_labels",
     "transform_flows",
     "ClipTransform",
 ]
-
-IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
-"""Per-channel RGB mean of ImageNet, for images scaled to [0, 1]."""
-IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
-"""Per-channel RGB standard deviation of ImageNet, for images scaled to [0, 1]."""
 
 
 def normalize_image(image: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,7 @@ __all__ = [
     "checkpoint_files",
     "latest_checkpoint",
     "remove_stale_temporaries",
+    "load_weights_file",
     "read_checkpoint",
     "check_model_identity",
     "load_model_state",
@@ -271,15 +272,27 @@ def _load_error_summary(error: Exception) -> str:
     return lines[0]
 
 
+def load_weights_file(
+    path: str | os.PathLike, *, what: str = "checkpoint", map_location: str | torch.device = "cpu"
+) -> Any:
+    """The object saved in the torch file at ``path``, loaded with ``weights_only=True`` (tensors and plain values
+    only: loading never runs code from the file). :class:`CheckpointError` if the file is missing (``"<what> <path>:
+    file not found"``) or unreadable (``"<path> is not a readable <what>: <why>"``); what it holds is the caller's
+    to check. The one reader of voszoo checkpoints (:func:`read_checkpoint`) and official ones
+    (:mod:`voszoo.models.convert`)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"{what} {path}: file not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # truncated zip, not a torch file, pickled objects outside the allow-list, ...
+        raise CheckpointError(f"{path} is not a readable {what}: {_load_error_summary(error)}") from error
+
+
 def read_checkpoint(path: str | os.PathLike, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a voszoo checkpoint with ``weights_only=True``; :class:`CheckpointError` if missing or not one."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: file not found")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # truncated zip, not a torch file, pickled objects outside the allow-list, ...
-        raise CheckpointError(f"{path} is not a readable voszoo checkpoint: {_load_error_summary(error)}") from error
+    checkpoint = load_weights_file(path, what="voszoo checkpoint", map_location=map_location)
     if not isinstance(checkpoint, dict) or "format_version" not in checkpoint:
         found = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise CheckpointError(

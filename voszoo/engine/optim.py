@@ -331,7 +331,8 @@ def freeze_batchnorm(model: nn.Module) -> list[str]:
     Running statistics are no longer updated and the layer stays in eval mode across later ``model.train()`` calls
     (its ``train`` method is replaced; deep copies such as EMA models keep the behaviour). Layers with running
     statistics compute the eval-mode affine map explicitly (:func:`_frozen_forward`); the state dict is unchanged.
-    Returns the names of the frozen layers.
+    Returns the names of the frozen layers. (:func:`voszoo.backbones.frozen.convert_frozen_batchnorm` instead
+    replaces the layers by ``FrozenBatchNorm2d``, changing the state dict as the official AOT encoders do.)
     """
     frozen = []
     for name, module in model.named_modules():

@@ -51,6 +51,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from voszoo.device import resolve_device
 from voszoo.engine.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
@@ -82,7 +83,7 @@ from voszoo.engine.optim import Schedule, freeze_batchnorm, freeze_parameters
 from voszoo.engine.seed import get_rng_state, seed_everything, set_rng_state
 from voszoo.fileio import FileLock, LockHeldError
 
-__all__ = ["AMP_MODES", "RUN_LOCK_NAME", "Trainer", "TrainingTerminated", "resolve_device"]
+__all__ = ["AMP_MODES", "RUN_LOCK_NAME", "Trainer", "TrainingTerminated"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,24 +167,6 @@ class _EpochItems(torch.utils.data.Sampler):
 
     def __len__(self) -> int:
         return len(self.items)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:<i>"``."""
-    if isinstance(device, torch.device):
-        resolved = device
-    elif device == "auto":
-        resolved = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        try:
-            resolved = torch.device(device)
-        except (RuntimeError, TypeError):
-            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:<index>', got {device!r}") from None
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be a CPU or CUDA device, got {device!r}")
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} requested but CUDA is not available; use device='cpu' or 'auto'")
-    return resolved
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -321,7 +304,7 @@ class Trainer:
         if isinstance(data, IterableDataset) and num_workers > 0:
             raise ValueError("Trainer: num_workers applies to map-style datasets; an iterable is read as it is")
 
-        device = resolve_device(device)
+        device = resolve_device(device, key="Trainer: device")
         self.dist: DistContext = init_distributed(device_type=device.type)
         if device.type == "cuda" and self.dist.enabled:
             device = torch.device("cuda", self.dist.local_rank)

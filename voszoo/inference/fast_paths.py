@@ -2,7 +2,8 @@
 
 **Compilation.** :func:`compile_hot_modules` compiles the submodules where inference spends its time: the image
 encoder(s) (backbone), the matcher (STM's memory reader, SITVOS's interactive transformer, AOT's LSTT, BATMAN's
-bilateral transformer) and the decoder; :func:`hot_module_names` names them per model class. Each one's ``forward`` is
+bilateral transformer) and the decoder, as each model declares them (``hot_modules``, ``encoder_modules``:
+:class:`voszoo.models.base.VOSModel`); this module knows no model class. Each one's ``forward`` is
 replaced, on that module instance, by a :class:`GuardedCompile`: the module is not wrapped or re-registered, so the
 model's ``state_dict`` keys, hooks and ``isinstance`` checks are unchanged, and :func:`restore_eager` undoes it.
 Compilation happens lazily at a module's first call (``torch.compile`` semantics). If ``torch.compile`` is missing or
@@ -54,41 +55,46 @@ logger = logging.getLogger(__name__)
 
 
 def hot_module_names(model: nn.Module) -> tuple[str, ...]:
-    """Attribute names of ``model``'s hot submodules (those set to a module), for every voszoo model class.
+    """Names of ``model``'s hot submodules, as the model declares them (``hot_modules``, see
+    :class:`voszoo.models.base.VOSModel`), leaving out those set to None on this instance (optional parts).
 
-    STM and its subclasses MGA and MUNet: ``query_encoder``, ``memory_encoder``, ``reader``, ``decoder``. SITVOS:
-    ``encoder``, ``mask_encoder``, ``transformer``, ``decoder``. AOT and BATMAN: ``encoder``, the transformer (``LSTT``,
-    ``transformer``), ``decoder``, and BATMAN's ``flow_encoder`` if it has one. Not compiled: small projections, AOT's
-    identity bank and position embedding, MUNet's motion branch, MGA's prior, BATMAN's RAFT flow and calibration.
-    Raises ValueError for another class; pass ``names`` to :func:`compile_hot_modules` for those.
+    STM, MGA and MUNet declare ``query_encoder``, ``memory_encoder``, ``reader``, ``decoder``; SITVOS ``encoder``,
+    ``mask_encoder``, ``transformer``, ``decoder``; AOT and BATMAN ``encoder`` (BATMAN also ``flow_encoder``), the
+    transformer under its official name and ``decoder``. Raises ValueError if the model declares none (pass
+    ``names`` to :func:`compile_hot_modules` then) or names an attribute it does not have.
     """
-    from voszoo.models.identity_model import IdentityVOSModel
-    from voszoo.models.sitvos import SITVOS
-    from voszoo.models.stm import STM
-
-    if isinstance(model, STM):
-        candidates: tuple[str, ...] = ("query_encoder", "memory_encoder", "reader", "decoder")
-    elif isinstance(model, SITVOS):
-        candidates = ("encoder", "mask_encoder", "transformer", "decoder")
-    elif isinstance(model, IdentityVOSModel):
-        candidates = ("encoder", "flow_encoder", model.propagator_name, "decoder")
-    else:
-        raise ValueError(
-            f"hot_module_names: no hot-module list for {type(model).__name__} (known: STM, MGA, MUNet, SITVOS, AOT, "
-            "BATMAN); pass names=[...] to compile_hot_modules"
-        )
-    return tuple(name for name in candidates if isinstance(getattr(model, name, None), nn.Module))
+    return _declared_modules(model, "hot_modules", required=True)
 
 
 def encoder_module_names(model: nn.Module) -> tuple[str, ...]:
-    """The image encoders among :func:`hot_module_names` (STM family: ``query_encoder``, ``memory_encoder``; SITVOS:
-    ``encoder``, ``mask_encoder``; AOT and BATMAN: ``encoder``, ``flow_encoder``); empty for another class."""
-    encoders = ("query_encoder", "memory_encoder", "encoder", "mask_encoder", "flow_encoder")
-    try:
-        hot = hot_module_names(model)
-    except ValueError:
-        return ()
-    return tuple(name for name in hot if name in encoders)
+    """The image encoders the model declares (``encoder_modules``), without those set to None; empty if none."""
+    return _declared_modules(model, "encoder_modules", required=False)
+
+
+def _declared_modules(model: nn.Module, attribute: str, *, required: bool) -> tuple[str, ...]:
+    """The submodule names of ``model.<attribute>`` whose attribute is a module (None: an optional part left out)."""
+    name = type(model).__name__
+    declared = getattr(model, attribute, None)
+    if declared is None:
+        if not required:
+            return ()
+        raise ValueError(
+            f"{name} declares no {attribute} (a tuple of submodule attribute names on the class, see "
+            f"voszoo.models.base.VOSModel); declare them, or pass names=[...] to compile_hot_modules"
+        )
+    if isinstance(declared, str) or not all(isinstance(item, str) for item in declared):
+        raise ValueError(f"{name}.{attribute} must be a tuple of submodule names, got {declared!r}")
+    found = []
+    for item in declared:
+        if not hasattr(model, item):
+            children = [child for child, _ in model.named_children()]
+            raise ValueError(f"{name}.{attribute} names {item!r}, which {name} does not have; its children: {children}")
+        module = getattr(model, item)
+        if module is not None and not isinstance(module, nn.Module):
+            raise ValueError(f"{name}.{attribute} names {item!r}, a {type(module).__name__}, not a module")
+        if module is not None:
+            found.append(item)
+    return tuple(found)
 
 
 def _with_format(value: Any, memory_format: torch.memory_format) -> Any:
@@ -107,8 +113,11 @@ def channels_last_encoders(model: nn.Module) -> list[str]:
 
     Converts each encoder's 4-D weights and installs a forward pre-hook (4-D inputs to channels-last) and a forward
     hook (4-D outputs back to the default layout), so callers and state dicts are unchanged. Idempotent. Returns the
-    converted submodule names (empty for a model class with no known encoders).
+    converted submodule names (empty for a model that declares no encoders; one that does not declare them at all is
+    named in an info log line, so a new model's missing declaration is visible).
     """
+    if getattr(model, "encoder_modules", None) is None:
+        logger.info("channels-last: %s declares no encoder_modules, its encoders stay NCHW", type(model).__name__)
     converted = []
     for name in encoder_module_names(model):
         module = getattr(model, name)
@@ -193,7 +202,7 @@ def compile_hot_modules(
 
     Args:
         model: any module; its submodules ``names`` (dotted paths allowed) get a :class:`GuardedCompile` forward.
-        names: submodules to compile; None: :func:`hot_module_names` of the model's class.
+        names: submodules to compile; None: the model's declared ones (:func:`hot_module_names`).
         mode: ``torch.compile`` mode (None: default; ``"reduce-overhead"``, ``"max-autotune"`` on GPU).
         backend: ``torch.compile`` backend (``"inductor"``; ``"aot_eager"``/``"eager"`` trace without generating
             code; or a backend callable).

@@ -23,7 +23,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from voszoo.data.io import write_labels
 from voszoo.data.video import VideoCollection, VideoSource
 from voszoo.errors import naming_file
-from voszoo.inference.memory import MemoryPolicy
+from voszoo.memory import MemoryPolicy
 
 __all__ = [
     "VideoPredictor",

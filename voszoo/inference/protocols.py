@@ -44,9 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from voszoo.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from voszoo.inference.preprocess import FrameGeometry, image_to_tensor
 from voszoo.models.base import argmax_labels
+from voszoo.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "AOTOfficialProtocol",

@@ -28,9 +28,9 @@ from torch import Tensor
 
 from voszoo.inference.denormals import flush_denormals, resolve_flush_denormal
 from voszoo.inference.fast_paths import channels_last_encoders, compile_hot_modules, use_channels_last
-from voszoo.inference.memory import MemoryBank, MemoryPolicy
 from voszoo.inference.protocols import FrameTransform, InputProtocol, resolve_protocol
 from voszoo.layers.aggregation import soft_aggregate
+from voszoo.memory import MemoryBank, MemoryPolicy
 from voszoo.models.base import VOSModel, argmax_labels
 
 __all__ = ["InferenceSession", "StepResult"]

@@ -37,17 +37,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from voszoo.normalization import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = ["FLOW_VARIANTS", "FlowCalibration", "GroundTruthFlow", "NoFlow", "RAFTFlow", "denormalize_image"]
 
 FLOW_VARIANTS: tuple[str, ...] = ("small", "large")
-_MEAN = (0.485, 0.456, 0.406)
-_STD = (0.229, 0.224, 0.225)
 
 
 def denormalize_image(image: Tensor) -> Tensor:
     """ImageNet-normalised (B, 3, H, W) -> [0, 1] (B, 3, H, W)."""
-    mean = torch.tensor(_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
-    std = torch.tensor(_STD, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
     return image * std + mean
 
 

@@ -71,11 +71,11 @@ from voszoo.models.identity_model import IdentityVOSModel
 
 if TYPE_CHECKING:
     from voszoo.decoders.fpn import FPNHead
-    from voszoo.inference.memory import MemoryBank
     from voszoo.layers.identity import IdentityBank
     from voszoo.layers.lstt import LSTT
     from voszoo.layers.motion_guided import MotionGuidedPrior
-    from voszoo.types import FrameFeatures
+    from voszoo.memory import MemoryBank
+    from voszoo.models.base import FrameFeatures
 
 PRIOR_MASK_KEY = "prior_mask"
 

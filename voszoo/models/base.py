@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voszoo.inference.memory import KeepAll, MemoryBank, MemoryPolicy
+from voszoo.memory import KeepAll, MemoryBank, MemoryPolicy
 
 if TYPE_CHECKING:
     from voszoo.types import Clip
@@ -101,6 +101,18 @@ class VOSModel(nn.Module, ABC):
     stride: ClassVar[int] = 16
     max_objects: int | None = None
 
+    # -- capabilities the engine reads, declared by each model (no code elsewhere lists model classes) ---------------
+    hot_modules: tuple[str, ...] | None = None
+    """Attribute names of the submodules where inference spends its time (image encoders, matcher, decoder): what
+    :func:`voszoo.inference.fast_paths.compile_hot_modules` compiles. An attribute set to None on an instance (an
+    optional part the preset leaves out) is skipped. None: not declared, so compiling needs explicit names."""
+    encoder_modules: tuple[str, ...] | None = None
+    """The image encoders among ``hot_modules`` (``(B, C, H, W) -> feature maps``): channels-last on the CPU
+    (:func:`voszoo.inference.fast_paths.channels_last_encoders`). ``()``: none; None: not declared (channels-last
+    then leaves the model as it is and logs that it did)."""
+    decoder_module: str = "decoder"
+    """The submodule whose first call inside ``segment`` ends the matching stage (:mod:`voszoo.stage_timing`)."""
+
     @property
     def official_protocol(self) -> str | None:
         """The input protocol of this method's official evaluator, a key of
@@ -164,7 +176,7 @@ class VOSModel(nn.Module, ABC):
         time) is alive at a time and peak memory does not grow with the clip length. Each chunk's losses are
         weighted by its share of the predicted frames, so the chunks' losses sum to the whole clip's mean loss.
         ``chunk_frames=None`` is one chunk of every frame: :meth:`forward`. ``memory_frames`` caps the long-term
-        memory (reference + newest frames, :class:`~voszoo.inference.memory.KeepAll` with ``max_frames``) so a whole
+        memory (reference + newest frames, :class:`~voszoo.memory.KeepAll` with ``max_frames``) so a whole
         video also reads a bounded memory; None keeps every frame. Yields dicts as :meth:`forward` returns, with the
         chunk's ``"logits"``.
         """

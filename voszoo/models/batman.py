@@ -70,10 +70,10 @@ from voszoo.models.identity_model import ASSIGNMENT_KEY, IdentityVOSModel
 
 if TYPE_CHECKING:
     from voszoo.decoders.fpn import FPNHead
-    from voszoo.inference.memory import MemoryBank
     from voszoo.layers.bilateral import BilateralTransformer
     from voszoo.layers.flow import FlowCalibration
     from voszoo.layers.identity import IdentityBank
+    from voszoo.memory import MemoryBank
     from voszoo.models.base import FrameFeatures
     from voszoo.types import Clip
 
@@ -124,6 +124,7 @@ class BATMAN(IdentityVOSModel):
     """
 
     pending_key = "batman_pending"
+    encoder_modules = ("encoder", "flow_encoder")  # flow_encoder is None without a flow source: then skipped
 
     def __init__(
         self,

@@ -37,7 +37,9 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from voszoo.engine.checkpoint import load_weights_file
 from voszoo.errors import UserError
+from voszoo.normalization import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
     "CheckpointMismatchError",
@@ -45,13 +47,11 @@ __all__ = [
     "convert_stm_state_dict",
     "load_converted",
     "load_official_stm",
-    "read_checkpoint",
+    "official_source",
     "strip_prefix",
     "unwrap_state_dict",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _STM_PREFIXES = ("Encoder_M.", "Encoder_Q.", "KV_M_r4.", "KV_Q_r4.", "Decoder.")
 _STM_RULES: list[tuple[re.Pattern[str], str]] = [
@@ -160,16 +160,12 @@ def unwrap_state_dict(checkpoint: object, source: str) -> Mapping[str, Tensor]:
     )
 
 
-def read_checkpoint(checkpoint: str | Path | Mapping[str, Tensor], *, caller: str) -> tuple[str, object]:
-    """``(source, loaded object)`` of a checkpoint given as a ``.pth`` path (loaded on the CPU, tensors only) or as
-    an already loaded object (source ``"<state dict>"``). A missing file raises ``FileNotFoundError`` naming
-    ``caller`` and the path."""
+def official_source(checkpoint: str | Path | Mapping[str, Tensor], *, method: str) -> tuple[str, object]:
+    """``(source, loaded object)`` of an official ``method`` checkpoint given as a ``.pth`` path (read on the CPU by
+    :func:`voszoo.engine.checkpoint.load_weights_file`, which raises ``CheckpointError`` naming a missing or
+    unreadable file) or as an already loaded object (source ``"<state dict>"``)."""
     if isinstance(checkpoint, (str, Path)):
-        source = str(checkpoint)
-        path = Path(checkpoint).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"{caller}: no checkpoint file at {source}")
-        return source, torch.load(path, map_location="cpu", weights_only=True)
+        return str(checkpoint), load_weights_file(checkpoint, what=f"official {method} checkpoint")
     return "<state dict>", checkpoint
 
 
@@ -274,7 +270,7 @@ def load_official_stm(
     ImageNet's, raises :class:`CheckpointMismatchError` listing all of them, and the model is left untouched. With
     ``strict=False`` the tensors that fit are loaded, the rest is listed in the returned report and in a warning.
     """
-    source, official = read_checkpoint(checkpoint, caller="load_official_stm")
+    source, official = official_source(checkpoint, method="STM")
     converted, report = convert_stm_state_dict(unwrap_state_dict(official, source), source=source)
 
     def describe_unused(key: str) -> str:

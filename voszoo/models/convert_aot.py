@@ -25,7 +25,7 @@ from voszoo.models.convert import (
     CheckpointMismatchError,
     ConversionReport,
     load_converted,
-    read_checkpoint,
+    official_source,
     strip_prefix,
     unwrap_state_dict,
 )
@@ -80,7 +80,7 @@ def load_official_aot(
     :class:`CheckpointMismatchError` listing all of them, and the model is left untouched. With ``strict=False`` the
     tensors that fit are loaded and the rest is listed in the returned report and in a warning.
     """
-    source, official = read_checkpoint(checkpoint, caller="load_official_aot")
+    source, official = official_source(checkpoint, method="AOT")
     converted, report = convert_aot_state_dict(unwrap_state_dict(official, source), source=source)
     return load_converted(
         model,

@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from voszoo.inference.memory import EveryN, MemoryBank
 from voszoo.layers.lstt import map_to_tokens, tokens_to_map
+from voszoo.memory import EveryN, MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel, argmax_labels, labels_to_probs
 
 if TYPE_CHECKING:
@@ -82,8 +82,15 @@ class IdentityVOSModel(VOSModel):
     no_weight_decay_keys = ("relative_emb_v", "conv_out")
     # memory.state key of the frame ``segment`` propagated last (the subclass names it)
     pending_key: ClassVar[str]
-    # what the error messages call the transformer
+    # the transformer's attribute name (official names: AOT's ``LSTT``), also what the error messages call it
     propagator_name: ClassVar[str] = "transformer"
+    encoder_modules: tuple[str, ...] = ("encoder",)
+
+    @property
+    def hot_modules(self) -> tuple[str, ...]:  # type: ignore[override]
+        """The image encoder(s), the transformer (:attr:`propagator_name`) and the decoder; not the identity bank,
+        the position embedding or BATMAN's RAFT flow and calibration (small, or frozen and run once a frame)."""
+        return (*self.encoder_modules, self.propagator_name, "decoder")
 
     def __init__(
         self,

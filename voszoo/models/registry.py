@@ -8,10 +8,12 @@ A model config node is the constructor node of the model (``_target_`` plus keyw
 built submodules) with reserved keys that are not constructor arguments:
 
 - ``name``: the preset's name (e.g. ``stm``), reported in metrics and checkpoints;
-- ``memory``: the inference memory policy node (``_target_`` a :class:`voszoo.inference.memory.MemoryPolicy`),
+- ``memory``: the inference memory policy node (``_target_`` a :class:`voszoo.memory.MemoryPolicy`),
   chosen from the group ``model/memory``;
 - ``protocol`` (optional, default ``voszoo``): the inference input protocol, ``official`` or ``voszoo``
-  (:mod:`voszoo.inference.protocols`); ``voszoo-eval protocol=...`` overrides it.
+  (:mod:`voszoo.inference.protocols`); ``voszoo-eval protocol=...`` overrides it;
+- ``official_weights`` (optional): the official checkpoint the preset's architecture loads, typed metadata
+  (:mod:`voszoo.models.official`).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ __all__ = [
     "without_weights",
 ]
 
-RESERVED_MODEL_KEYS = ("name", "memory", "protocol")
+RESERVED_MODEL_KEYS = ("name", "memory", "protocol", "official_weights")
 
 ConfigDirs = str | os.PathLike | Sequence[str | os.PathLike] | None
 """A folder of one's own configs, several, or None (voszoo's own only)."""
@@ -196,8 +198,9 @@ def create_model(
       preset (``last.pt`` of a run).
     """
     from voszoo.backbones.weights import TOYVOS_WEIGHTS
+    from voszoo.hydra_compose import override_value
 
-    extra = [f"{key}={_override_value(value)}" for key, value in values.items()]
+    extra = [f"{key}={override_value(value)}" for key, value in values.items()]
     cfg = compose_model_config(name, [*overrides, *extra], config_dir=config_dir)
     if weights is None:
         return build_model(cfg)
@@ -225,7 +228,7 @@ def create_model(
     from voszoo.models.official import load_official_checkpoint
 
     model = build_model(without_weights(cfg))  # every weight is overwritten: load no encoder weights first
-    if load_official_checkpoint(model, path, preset_argument="name") is None:
+    if load_official_checkpoint(model, path, model_cfg=cfg, preset_argument="name", config_dir=config_dir) is None:
         load_model_weights(model, path, model_name=name, use_ema=False)
     return model
 
@@ -240,16 +243,6 @@ def _presets_with_resnet(config_dir: ConfigDirs) -> list[str]:
         for preset in list_models(config_dir=config_dir)
         if any(_is_resnet(node) for node in weights_nodes(compose_model_config(preset, [], config_dir=config_dir)))
     ]
-
-
-def _override_value(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_override_value(v) for v in value) + "]"
-    return str(value)
 
 
 def weights_nodes(cfg: Any) -> list[DictConfig]:

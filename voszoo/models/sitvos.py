@@ -49,9 +49,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from voszoo.inference.memory import MemoryBank
+from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
-from voszoo.models.stm import aggregate_objects, memory_num_objects, update_presence
+from voszoo.models.per_object import aggregate_objects, memory_num_objects, update_presence
 
 __all__ = ["SITVOS"]
 
@@ -80,6 +80,8 @@ class SITVOS(VOSModel):
 
     multi_object = "per_object"
     stride = 16
+    hot_modules = ("encoder", "mask_encoder", "transformer", "decoder")
+    encoder_modules = ("encoder", "mask_encoder")
 
     @property
     def official_protocol(self) -> str | None:
