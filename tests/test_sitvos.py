@@ -354,18 +354,22 @@ def test_r18_preset_without_fim_trains():
     assert torch.isfinite(out["loss"]) and params_without_grad(model) == []
 
 
+def _count_parameters(*modules: torch.nn.Module) -> int:
+    return sum(p.numel() for m in modules for p in m.parameters())
+
+
+def _conv_parameters(in_channels: int, out_channels: int, kernel: int) -> int:
+    """Weights and bias of a k x k convolution."""
+    return in_channels * out_channels * kernel * kernel + out_channels
+
+
 def test_sitvos_preset_has_the_official_layout():
     model = build_model(compose_model_config("sitvos"))
     # official model.py by hand: ResNet-50 to layer3, ResNet-18 (bn1, layer1-3) + 1-channel conv1_m, W_K / W_Q
     # (1024 -> 128, 3x3) and W_mask (256 -> 128, 3x3), Memory (2 SA, 3 CA without W^V, shared LN, projector
     # 256 -> 512), Decoder(256) with 512 / 256 skips
     r50, r18 = torchvision.models.resnet50(), torchvision.models.resnet18()
-
-    def count(*modules):
-        return sum(p.numel() for m in modules for p in m.parameters())
-
-    def conv(i, o, k):
-        return i * o * k * k + o
+    count, conv = _count_parameters, _conv_parameters
 
     residual = 2 * conv(256, 256, 3)
     expected = (
@@ -398,12 +402,7 @@ def test_sitvos_paper_preset_has_the_paper_layout():
     torch.manual_seed(0)
     model = build_model(compose_model_config("sitvos_paper"))
     r50, r18 = torchvision.models.resnet50(), torchvision.models.resnet18()
-
-    def count(*modules):
-        return sum(p.numel() for m in modules for p in m.parameters())
-
-    def conv(i, o, k):
-        return i * o * k * k + o
+    count, conv = _count_parameters, _conv_parameters
 
     residual = 2 * conv(256, 256, 3)
     block = 2 * 256 * 64 + 256 * 256 + 2 * 256  # W^Q, W^K, W^V (no bias), LayerNorm
