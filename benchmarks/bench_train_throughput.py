@@ -56,18 +56,10 @@ DEFAULT_MARKDOWN = RESULTS / "train_throughput.md"
 
 # -- configuration -------------------------------------------------------------------------------------------------
 def compose_train(overrides: list[str]) -> Any:
-    """The composed ``conf/train.yaml`` with Hydra ``overrides`` (Hydra's global state is cleared afterwards)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    """The composed ``conf/train.yaml`` with Hydra ``overrides``."""
+    from voszoo.hydra_compose import compose_config
 
-    from voszoo._paths import conf_dir
-
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="bench_train_throughput"):
-            return compose(config_name="train", overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
+    return compose_config("train", overrides)
 
 
 def quick_experiments() -> dict[str, str]:

@@ -81,18 +81,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.every < 1 or args.min_objects < 1:
         print("overfit_batch: --steps, --every and --min-objects must be >= 1", file=sys.stderr)
         return 2
-    from hydra import compose, initialize_config_dir
-
-    from voszoo._paths import conf_dir
     from voszoo.cli_common import prepare_data
     from voszoo.data.io import VOSDataError, atomic_write_bytes
+    from voszoo.hydra_compose import compose_config
     from voszoo.train import build_run
     from voszoo.types import collate_clips
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose("train", overrides=args.overrides)
+    cfg = compose_config("train", args.overrides)
     try:
         prepare_data(cfg.data)
         run = build_run(cfg)

@@ -4,18 +4,17 @@ whose model builds, and each row changes what its name says (against the row-fre
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 
 from voszoo._paths import conf_dir
+from voszoo.hydra_compose import compose_config
 from voszoo.models.registry import build_model
 
 ABLATIONS = sorted(p.stem for p in (conf_dir() / "experiment").glob("ablation_*.yaml"))
 
 
 def compose_train(overrides: list[str], *, hydra_node: bool = False) -> DictConfig:
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=hydra_node)
+    return compose_config("train", overrides, return_hydra_config=hydra_node)
 
 
 def sweep_rows(experiment: str) -> tuple[str, list[str]]:

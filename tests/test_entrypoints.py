@@ -87,17 +87,14 @@ def test_eval_rejects_a_checkpoint_of_another_model(trained: tuple[Path, Path]) 
 
 
 def test_eval_error_names_the_model_settings_the_checkpoint_was_trained_with(trained: tuple[Path, Path]) -> None:
-    from hydra import compose, initialize_config_dir
-
-    from voszoo._paths import conf_dir
     from voszoo.engine.checkpoint import CheckpointError
     from voszoo.evaluate import load_weights
+    from voszoo.hydra_compose import compose_config
     from voszoo.models.registry import build_model
 
     _, run_dir = trained
     overrides = ["model=stm_r18", "model.decoder.hidden_channels=96", f"checkpoint={run_dir / 'last.pt'}"]
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = compose("eval", overrides=overrides)
+    cfg = compose_config("eval", overrides)
     with pytest.raises(CheckpointError, match=r"rerun with: model\.decoder\.hidden_channels=128$"):
         load_weights(build_model(cfg.model), cfg)
 

@@ -7,17 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from voszoo._paths import conf_dir
 from voszoo.cli_common import guarded_task
+from voszoo.hydra_compose import compose_config
 from voszoo.instantiate import ALLOWED_TARGETS_ENV, ConfigError, build, check_targets
 
 
 def eval_config(*overrides: str) -> OmegaConf:
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return compose("eval", overrides=["model=stm_r18", *overrides])
+    return compose_config("eval", ["model=stm_r18", *overrides])
 
 
 def test_a_builtin_target_is_refused_before_anything_is_called(tmp_path: Path) -> None:
@@ -69,8 +67,7 @@ def test_the_environment_setting_allows_users_own_modules(monkeypatch: pytest.Mo
 def test_every_shipped_config_is_allowed(name: str) -> None:
     from voszoo.models.registry import compose_model_config, list_models
 
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        check_targets(compose(name))
+    check_targets(compose_config(name))
     if name == "train":
         for model in list_models():
             check_targets(compose_model_config(model))

@@ -3,15 +3,13 @@ cluster: SLURM through submitit (its job parameters reach the launcher) and loca
 
 from __future__ import annotations
 
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from voszoo._paths import conf_dir
+from voszoo.hydra_compose import compose_config
 
 
 def launcher_config(*overrides: str):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides), return_hydra_config=True).hydra.launcher
+    return compose_config("train", overrides, return_hydra_config=True).hydra.launcher
 
 
 def test_submitit_slurm_launcher_instantiates_with_the_documented_options() -> None:

@@ -3,9 +3,9 @@
 import pytest
 import torch
 from clips_util import tiny_clip
-from hydra import compose, initialize_config_dir
 
 from voszoo._paths import conf_dir
+from voszoo.hydra_compose import compose_config
 from voszoo.memory import MemoryPolicy
 from voszoo.models.base import VOSModel
 from voszoo.models.registry import build_memory_policy, build_model
@@ -14,8 +14,7 @@ PRESETS = sorted(path.stem for path in (conf_dir() / "model").glob("*.yaml"))
 
 
 def compose_model(*overrides):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(overrides=list(overrides)).model
+    return compose_config(None, overrides).model
 
 
 def test_stm_presets_are_registered():

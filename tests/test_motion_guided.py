@@ -7,12 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 from clips_util import tiny_clip
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from voszoo._paths import conf_dir
 from voszoo.backbones import ResNetBackbone
 from voszoo.decoders import RefineDecoder
+from voszoo.hydra_compose import compose_config
 from voszoo.inference.session import InferenceSession
 from voszoo.layers import KeyValueProjection, SpaceTimeMemoryRead, space_time_memory_read
 from voszoo.layers.motion_guided import (
@@ -415,8 +414,7 @@ SMALL_HEADS += ["query_key_value.value_channels=32", "decoder.in_channels=64", "
 
 
 def compose_train(*overrides):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose_config("train", overrides)
 
 
 def train_step_grads_everywhere(model):

@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 from clips_util import tiny_clip
-from hydra import compose, initialize_config_dir
 from torch import nn
 
-from voszoo._paths import conf_dir
 from voszoo.backbones import ResNetBackbone
 from voszoo.decoders import RefineDecoder
+from voszoo.hydra_compose import compose_config
 from voszoo.inference.session import InferenceSession
 from voszoo.layers import KeyValueProjection, SpaceTimeMemoryRead
 from voszoo.layers.motion_uncertainty import (
@@ -55,8 +54,7 @@ def tiny_munet(*, motion=None, criterion=True):
 
 
 def compose_train(*overrides):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose(config_name="train", overrides=list(overrides))
+    return compose_config("train", overrides)
 
 
 def grads_missing(model):

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
-from voszoo._paths import conf_dir
 from voszoo.backbones.resnet import ResNetBackbone
+from voszoo.hydra_compose import compose_config
 from voszoo.models.registry import build_model
 from voszoo.pretrain import (
     compose_pretrain_config,
@@ -172,8 +171,7 @@ def test_a_recipe_change_is_a_new_key_and_run_only_settings_are_not() -> None:
 
 # ---------------------------------------------------------------------------------------------------- weights cache
 def quick_model_config(experiment: str):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        return compose("train", overrides=[f"experiment={experiment}_quick"]).model
+    return compose_config("train", [f"experiment={experiment}_quick"]).model
 
 
 def test_every_quick_recipe_loads_the_cached_encoder_strictly(toyvos_cache: Path) -> None:

@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 
 import voszoo
 from voszoo._paths import conf_dir
-from voszoo.hydra_compose import override_value
+from voszoo.hydra_compose import compose_config, override_value
 from voszoo.memory import EveryN, FixedCount
 from voszoo.models.registry import build_memory_policy, compose_model_config
 
@@ -68,9 +68,8 @@ def test_importing_voszoo_is_light() -> None:
 
 
 def test_quick_experiment_only_changes_what_it_says() -> None:
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        base = compose(config_name="train", overrides=["model=stm_r18", "trainer=quick"])
-        quick = compose(config_name="train", overrides=["experiment=stm_quick"])
+    base = compose_config("train", ["model=stm_r18", "trainer=quick"])
+    quick = compose_config("train", ["experiment=stm_quick"])
     for encoder in ("query_encoder", "memory_encoder"):  # the architecture is the preset's; only the init differs
         assert quick.model[encoder].weights == "toyvos" and base.model[encoder].weights is None
         base.model[encoder].weights = "toyvos"

@@ -8,18 +8,16 @@ from pathlib import Path
 
 import pytest
 from datasets_util import make_toyvos
-from hydra import compose, initialize_config_dir
 
-from voszoo._paths import conf_dir
 from voszoo.data.davis import ToyVOS
 from voszoo.evaluation.pipeline import evaluate_predictor
+from voszoo.hydra_compose import compose_config
 from voszoo.inference.predict import CopyFirstFrame
 from voszoo.instantiate import ConfigError
 
 
 def config(name: str, *overrides: str):
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return compose(name, overrides=list(overrides))
+    return compose_config(name, overrides)
 
 
 @pytest.fixture
@@ -100,8 +98,7 @@ def test_voszoo_eval_refuses_before_hydra_writes_into_the_folder(
 
     out = tmp_path / "used"
     (out / "predictions" / "a").mkdir(parents=True)
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        composed = compose("eval", overrides=[f"hydra.run.dir={out}"], return_hydra_config=True)
+    composed = compose_config("eval", [f"hydra.run.dir={out}"], return_hydra_config=True)
     callback = composed.hydra.callbacks.claim_output_dir
     assert callback._target_ == "voszoo.cli_common.ClaimOutputDir"  # wired into conf/eval.yaml
     with pytest.raises(SystemExit) as exited:

@@ -45,14 +45,10 @@ def test_balanced_shards_deal_longest_first_to_the_least_loaded_rank() -> None:
 
 
 def _single_process_reference(toy_root: Path, out: Path) -> dict:
-    from hydra import compose, initialize_config_dir
-
-    from voszoo._paths import conf_dir
     from voszoo.evaluate import evaluate
+    from voszoo.hydra_compose import compose_config
 
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("eval", overrides=[*EVAL, *TOY, f"data.root={toy_root}"])
-    return evaluate(cfg, out)
+    return evaluate(compose_config("eval", [*EVAL, *TOY, f"data.root={toy_root}"]), out)
 
 
 def _files(root: Path, pattern: str) -> dict[str, bytes]:

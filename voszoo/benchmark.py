@@ -156,7 +156,7 @@ def board_entries(cfg: DictConfig, search_path: list[str] | None = None) -> list
     from voszoo.models.registry import list_models
 
     entries = list(cfg.entries)
-    if not cfg.get("cost_only_untrained", False):
+    if not cfg.cost_only_untrained:
         return entries
     search_path = list(search_path or [])
     folders = [item.removeprefix("file://") for item in search_path if item.startswith("file://")]
@@ -349,11 +349,11 @@ def published_rows(data_name: str, split: str, *, path: str | Path | None = None
 def _published_file(cfg: DictConfig) -> Path:
     from voszoo.published import shipped_published_file
 
-    return Path(cfg.published_file) if cfg.get("published_file") else shipped_published_file()
+    return Path(cfg.published_file) if cfg.published_file else shipped_published_file()
 
 
 def _published_for(cfg: DictConfig) -> list[dict[str, Any]]:
-    if not cfg.get("published", True):
+    if not cfg.published:
         return []
     name = str(cfg.data.name)
     if PUBLISHED_DATASETS.get(name, "") is None:
@@ -374,8 +374,8 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
     search_path = user_search_path()
     entries = board_entries(cfg, search_path)
     _prepare_pretrained(entries, search_path)
-    profile = cfg.get("profile")
-    profiling = profile is not None and bool(profile.get("enabled", True))
+    profile = cfg.profile
+    profiling = profile is not None and bool(profile.enabled)
     rows: list[dict[str, Any]] = []
     reports: dict[int, Path] = {}
     bar = tqdm(entries, desc="leaderboard", unit="entry", disable=None)  # tqdm's ETA: mean time per entry so far
@@ -402,10 +402,10 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
             row["train steps"] = result.get("steps")
             if kind != "baseline" and profiling:
                 source = _profile_source(entry, entry_dir, search_path)
-                costs = _run_profile(profile, entry_dir, cfg.get("fast_paths"), source=source)
+                costs = _run_profile(profile, entry_dir, cfg.fast_paths, source=source)
                 row.update({k: costs.get(k) for k in ("params", "macs_per_frame", "fps", "peak_mem_mb", "device")})
             row["status"] = "ok (cost only)" if kind == "cost_only" else "ok"
-            if kind != "cost_only" and cfg.get("viz", False):
+            if kind != "cost_only" and cfg.viz:
                 report = _write_entry_report(entry_dir, cfg)
                 if report is not None:
                     reports[len(rows)] = report
@@ -418,7 +418,7 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
     rows += [{column: row.get(column) for column in COLUMNS} for row in published]
     _write_outputs(rows, output_dir, cfg)
     plot = None
-    if cfg.get("plot", True):
+    if cfg.plot:
         plot = write_plot(rows, output_dir / "leaderboard.png", title=f"voszoo leaderboard: {cfg.data.name}")
     write_html(
         rows, output_dir, title=f"voszoo leaderboard: {cfg.data.name}", note=_title(cfg), reports=reports, plot=plot
@@ -431,7 +431,7 @@ def run_benchmark(cfg: DictConfig, output_dir: str | Path) -> list[dict[str, Any
 
 def _title(cfg: DictConfig) -> str:
     split = cfg.data.eval.get("split", "eval")
-    profile = cfg.get("profile")
+    profile = cfg.profile
     size = "x".join(str(s) for s in profile.size[::-1]) if profile is not None else "?"
     return (
         f"voszoo leaderboard on {cfg.data.name} ({split} split); measured rows trained and scored here, "
@@ -569,9 +569,9 @@ def _write_outputs(rows: list[dict[str, Any]], output_dir: Path, cfg: DictConfig
     writer.writerows(rows)
     atomic_write_bytes(output_dir / "leaderboard.csv", buffer.getvalue().encode())
     payload = {"data": OmegaConf.to_container(cfg.data, resolve=True), "rows": rows}
-    if cfg.get("profile") is not None:
+    if cfg.profile is not None:
         payload["profile"] = OmegaConf.to_container(cfg.profile, resolve=True)
-    if cfg.get("fast_paths") is not None:
+    if cfg.fast_paths is not None:
         payload["fast_paths"] = OmegaConf.to_container(cfg.fast_paths, resolve=True)
     atomic_write_bytes(output_dir / "leaderboard.json", (json.dumps(payload, indent=2, default=str) + "\n").encode())
 

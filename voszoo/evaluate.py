@@ -11,8 +11,8 @@ FPS) into the Hydra output dir; for YouTube-VOS, ``submission.zip`` instead of s
     torchrun --nproc_per_node 4 -m voszoo.evaluate model=aot_l checkpoint=... data=davis2017 hydra.run.dir=out/x
 
 shards the videos over the processes (one GPU each, ``cuda:LOCAL_RANK``); rank 0 scores them all once and writes
-``metrics.json`` (see :mod:`voszoo.evaluation.sharding` and docs/evaluation.md). ``++dist_timeout=SECONDS`` (default
-1800) bounds how long a rank waits for the others.
+``metrics.json`` (see :mod:`voszoo.evaluation.sharding` and docs/evaluation.md). ``dist_timeout=SECONDS``
+(conf/eval.yaml) bounds how long a rank waits for the others.
 """
 
 from __future__ import annotations
@@ -137,14 +137,11 @@ def evaluate(cfg: DictConfig, output_dir: str | Path) -> dict[str, Any]:
 
     from voszoo.device import resolve_device
     from voszoo.engine.distributed import destroy_distributed
-    from voszoo.evaluation.sharding import DEFAULT_TIMEOUT, join_eval_group
+    from voszoo.evaluation.sharding import join_eval_group
 
     check_eval_config(cfg)
     device = resolve_device(cfg.device)
-    group = join_eval_group(
-        device_type=device.type,
-        timeout=float(cfg.get("dist_timeout", DEFAULT_TIMEOUT)),
-    )
+    group = join_eval_group(device_type=device.type, timeout=float(cfg.dist_timeout))
     try:
         if group is None:
             return _evaluate(cfg, output_dir, device=device, group=None)
@@ -208,21 +205,21 @@ def _evaluate(
         max_videos=config_int(cfg, "max_videos", minimum=1, optional=True),
         workers=config_int(cfg, "workers", minimum=1),
         short_side=cfg.short_side,
-        protocol=cfg.get("protocol"),
+        protocol=cfg.protocol,
         flip=bool(cfg.flip),
         amp=cfg.amp,
-        compile_modules=bool(cfg.get("compile", False)),
-        channels_last=bool(cfg.get("channels_last", True)),
-        flush_denormal=cfg.get("flush_denormal", "auto"),
+        compile_modules=bool(cfg.compile),
+        channels_last=bool(cfg.channels_last),
+        flush_denormal=cfg.flush_denormal,
         group=group,
-        overwrite=bool(cfg.get("overwrite", False)),
+        overwrite=bool(cfg.overwrite),
     )
     if group is not None and not group.is_main:
         return {}
     metrics = {"model": str(cfg.model.name), "data": str(cfg.data.name), "checkpoint": loaded}
     metrics.update({k: v for k, v in result.items() if k != "table"})
     write_metrics(output_dir, metrics)
-    if bool(cfg.get("viz", False)):
+    if bool(cfg.viz):
         from voszoo.viz import load_run, write_report
 
         report = write_report(load_run(output_dir, collection=collection), Path(output_dir) / "viz")

@@ -10,8 +10,11 @@ from omegaconf import DictConfig
 __all__ = ["compose_config", "override_value"]
 
 
-def compose_config(config_name: str | None, overrides: Sequence[str] = ()) -> DictConfig:
-    """``config_name`` (e.g. ``"train"``; None: an empty primary config) of conf/ with Hydra ``overrides``.
+def compose_config(
+    config_name: str | None, overrides: Sequence[str] = (), *, return_hydra_config: bool = False
+) -> DictConfig:
+    """``config_name`` (e.g. ``"train"``; None: an empty primary config) of conf/ with Hydra ``overrides``; with
+    ``return_hydra_config``, the ``hydra`` node too (launcher, sweeper params, callbacks).
 
     Uses Hydra's compose API and restores a caller's own Hydra instance (inside a Hydra app, e.g. voszoo-bench), so it
     can be called from anywhere. Composition errors propagate (``hydra.errors.ConfigCompositionException``).
@@ -26,7 +29,7 @@ def compose_config(config_name: str | None, overrides: Sequence[str] = ()) -> Di
     global_hydra.clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3", job_name="voszoo"):
-            return compose(config_name, overrides=list(overrides))
+            return compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
     finally:
         GlobalHydra.instance().clear()
         if saved is not None:
