@@ -53,13 +53,9 @@ from torch import Tensor, nn
 from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
 from voszoo.models.per_object import aggregate_objects, memory_num_objects, update_presence
-from voszoo.models.sizes import complete, scale_channels
+from voszoo.models.sizes import complete, s16_size, scale_channels
 
 __all__ = ["SITVOS"]
-
-
-def _s16(encoder: nn.Module, key: str = "encoder") -> tuple[int, str]:
-    return scale_channels(encoder, ("s16",), key=key)[0], f"the {key}'s s16 channels"
 
 
 class SITVOS(VOSModel):
@@ -127,11 +123,13 @@ class SITVOS(VOSModel):
         # partial parts (``_partial_: true``) get their sizes from the built encoders (voszoo.models.sizes)
         skip_scales = tuple(skip_scales)
         if isinstance(memory_embedding, partial):
-            memory_embedding = complete(memory_embedding, key="memory_embedding", sizes={"in_channels": _s16(encoder)})
+            sizes = {"in_channels": s16_size(encoder, key="encoder")}
+            memory_embedding = complete(memory_embedding, key="memory_embedding", sizes=sizes)
         if isinstance(query_embedding, partial):
-            query_embedding = complete(query_embedding, key="query_embedding", sizes={"in_channels": _s16(encoder)})
+            sizes = {"in_channels": s16_size(encoder, key="encoder")}
+            query_embedding = complete(query_embedding, key="query_embedding", sizes=sizes)
         if isinstance(mask_embedding, partial):
-            sizes = {"in_channels": _s16(mask_encoder, "mask_encoder")}
+            sizes = {"in_channels": s16_size(mask_encoder, key="mask_encoder")}
             mask_embedding = complete(mask_embedding, key="mask_embedding", sizes=sizes)
         if isinstance(projection, partial) or isinstance(decoder, partial):
             width = int(memory_embedding.out_channels) * (2 if concat_query else 1)

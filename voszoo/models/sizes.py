@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["complete", "scale_channels"]
+__all__ = ["complete", "s16_size", "scale_channels"]
 
 
 def complete(part: Any, *, key: str, sizes: Mapping[str, tuple[Any, str]]) -> Any:
@@ -44,6 +44,11 @@ def scale_channels(encoder: nn.Module, scales: Sequence[str], *, key: str) -> tu
     if missing:
         raise ValueError(f"{key}: its `channels` must name the scales {missing}; it has {sorted(channels)}")
     return tuple(int(channels[scale]) for scale in scales)
+
+
+def s16_size(encoder: nn.Module, *, key: str) -> tuple[int, str]:
+    """(``encoder``'s s16 channels, where they come from): a size for :func:`complete`."""
+    return scale_channels(encoder, ("s16",), key=key)[0], f"the {key}'s s16 channels"
 
 
 def _plain(value: Any) -> Any:

@@ -72,16 +72,12 @@ from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
 from voszoo.models.init import copy_matching_weights
 from voszoo.models.per_object import aggregate_objects, memory_num_objects, update_presence
-from voszoo.models.sizes import complete, scale_channels
+from voszoo.models.sizes import complete, s16_size, scale_channels
 
 __all__ = ["STM"]
 
 MOTION_KEY = "query_s16"
 PRIOR_KEY = "prior_mask"
-
-
-def _s16(encoder: nn.Module, key: str) -> tuple[int, str]:
-    return scale_channels(encoder, ("s16",), key=key)[0], f"the {key}'s s16 channels"
 
 
 def _value_channels(key_value: nn.Module) -> int:
@@ -103,11 +99,6 @@ class STM(VOSModel):
             ``extra`` stacks the object mask and the other-objects mask.
         query_encoder: ``image (B, 3, H, W) -> {"s16", *skip_scales}`` feature maps.
         memory_key_value, query_key_value: ``features (B, C, h, w) -> (key (B, C_k, h, w), value (B, C_v, h, w))``.
-
-        Any of ``memory_key_value``, ``query_key_value``, ``decoder`` and ``motion`` may be a partial
-        (``_partial_: true``) without its sizes: the model completes it from the built encoders (the s16 channels; the
-        query encoder's ``skip_scales`` channels; memory + query value channels as the decoder input), so a backbone
-        swap is one override (:mod:`voszoo.models.sizes`).
         reader: ``(memory_key (B, C_k, T, h, w), memory_value (B, C_v, T, h, w), query_key, query_value) ->
             (B, C_read, h, w)``, e.g. :class:`voszoo.layers.SpaceTimeMemoryRead`.
         decoder: ``(read, skips, *, output_size) -> (B, 2, H, W)`` logits (background, foreground).
@@ -130,6 +121,11 @@ class STM(VOSModel):
             object at 0.17 GB on this CPU); chunks of 1 bound the peak memory at a small batching cost, None (all
             objects at once) is the official behaviour and the fastest on a GPU. Same numbers either way. Training
             (autograd on) always takes every object at once.
+
+    Any of ``memory_key_value``, ``query_key_value``, ``decoder`` and ``motion`` may be a partial (``_partial_:
+    true``) without its sizes: the model completes it from the built encoders (their s16 channels; the query
+    encoder's ``skip_scales`` channels; memory + query value channels as the decoder input), so a backbone swap is
+    one override (:mod:`voszoo.models.sizes`).
     """
 
     multi_object = "per_object"
@@ -181,13 +177,13 @@ class STM(VOSModel):
         # a partial part (``_partial_: true``) gets its sizes from the built encoders (voszoo.models.sizes)
         skip_scales = tuple(skip_scales)
         if isinstance(memory_key_value, partial):
-            sizes = {"in_channels": _s16(memory_encoder, "memory_encoder")}
+            sizes = {"in_channels": s16_size(memory_encoder, key="memory_encoder")}
             memory_key_value = complete(memory_key_value, key="memory_key_value", sizes=sizes)
         if isinstance(query_key_value, partial):
-            sizes = {"in_channels": _s16(query_encoder, "query_encoder")}
+            sizes = {"in_channels": s16_size(query_encoder, key="query_encoder")}
             query_key_value = complete(query_key_value, key="query_key_value", sizes=sizes)
         if isinstance(motion, partial):
-            motion = complete(motion, key="motion", sizes={"channels": _s16(query_encoder, "query_encoder")})
+            motion = complete(motion, key="motion", sizes={"channels": s16_size(query_encoder, key="query_encoder")})
         if isinstance(decoder, partial):
             read = _value_channels(memory_key_value) + _value_channels(query_key_value)
             skips = scale_channels(query_encoder, skip_scales, key="query_encoder")
