@@ -21,7 +21,7 @@ from voszoo.losses import SegmentationCriterion
 from voszoo.memory import EveryN, KeepAll
 from voszoo.models.base import labels_to_probs
 from voszoo.models.munet import MUNet
-from voszoo.models.registry import build_model, compose_model_config
+from voszoo.models.registry import build_model, compose_model_config, create_model
 from voszoo.models.stm import STM
 
 
@@ -166,10 +166,12 @@ def test_munet_presets_pair_with_the_paper_criterion():
     cfg = compose_model_config("munet")
     assert cfg._target_ == "voszoo.models.munet.MUNet"
     assert cfg.criterion.bootstrap_ratio == 0.4 and cfg.criterion.iou_weight == 1.0
-    assert cfg.motion.mu_layer.in_channels == 1024 and cfg.motion.fusion.channels == 1024
     assert cfg.motion.mu_layer.window == 25 and cfg.motion.mu_layer.reduction == 4
-    r18 = compose_model_config("munet_r18")
-    assert r18.motion.mu_layer.in_channels == 256 and r18.query_encoder.depth == 18
+    # D is the query encoder's s16 channels, derived when the model is built
+    for preset, depth, d in (("munet", 50, 1024), ("munet_r18", 18, 256)):
+        motion = create_model(preset).motion
+        assert compose_model_config(preset).query_encoder.depth == depth
+        assert motion.mu_layer.reduce.in_channels == d and motion.fusion.channels == d
 
 
 def test_paper_recipe_experiment():
@@ -203,10 +205,10 @@ def test_paper_recipe_experiment():
 # -- the motion slot on STM ------------------------------------------------------------------------------------------
 def test_stm_with_motion_slot_composes_and_runs():
     cfg = compose_train("model=stm", "model/motion=mu_layer")
-    assert cfg.model.motion.mu_layer.in_channels == 1024
     torch.manual_seed(0)
     model = build_model(cfg.model)
     assert type(model) is STM and isinstance(model.motion, MotionEnhancement)
+    assert model.motion.mu_layer.reduce.in_channels == 1024  # D: the query encoder's s16 channels
     with torch.no_grad():
         out = model(tiny_clip(void_corner=False))
     assert out["logits"].shape == (2, 2, 3, 64, 64) and torch.isfinite(out["loss"])

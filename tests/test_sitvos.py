@@ -429,7 +429,7 @@ def test_sitvos_paper_preset_has_the_paper_layout():
     assert all(b.to_value is not None and b.key_channels == 64 and b.temperature == 8.0 for b in blocks)
     assert len({id(b.norm) for b in blocks}) == 5
     # the preset is the sitvos preset with the overrides docs/methods/sitvos.md lists
-    overrides = [*PAPER_OVERRIDES[:-1], "memory_embedding.out_channels=256", "decoder.in_channels=256"]
+    overrides = [*PAPER_OVERRIDES[:-1], "memory_embedding.out_channels=256"]  # the decoder's input is derived
     paper, overridden = (
         OmegaConf.to_container(cfg, resolve=True)
         for cfg in (compose_model_config("sitvos_paper"), compose_model_config("sitvos", overrides))

@@ -28,7 +28,8 @@ rows), like optical flow; u^ at pixel x of the *current* frame points to its mat
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Literal
 
 import torch
@@ -387,10 +388,26 @@ class MotionEnhancement(nn.Module):
     The motion-enhanced feature of frame t, F_out = fusion(F^s_t, mu_layer(F^s_{t-1}, F^s_t)), replaces F^s_t as the
     input of the query key/value embedding (Sec. 3.1). This is the ``motion`` slot of
     :class:`voszoo.models.stm.STM` (``conf/model/motion/``).
+
+    ``mu_layer`` and ``fusion`` may be partials (``_partial_: true``) without their width: ``channels`` D, which the
+    STM reads off its query encoder, then completes them (``in_channels=D``, ``channels=D``).
     """
 
-    def __init__(self, *, mu_layer: nn.Module, fusion: nn.Module) -> None:
+    def __init__(
+        self,
+        *,
+        mu_layer: nn.Module | Callable[..., nn.Module],
+        fusion: nn.Module | Callable[..., nn.Module],
+        channels: int | None = None,
+    ) -> None:
         super().__init__()
+        unsized = [name for name, part in (("mu_layer", mu_layer), ("fusion", fusion)) if isinstance(part, partial)]
+        if unsized and channels is None:
+            raise ValueError(f"MotionEnhancement: {unsized} are partials: pass `channels` (D) to complete them")
+        if isinstance(mu_layer, partial):
+            mu_layer = mu_layer(**({} if mu_layer.keywords.get("in_channels") else {"in_channels": channels}))
+        if isinstance(fusion, partial):
+            fusion = fusion(**({} if fusion.keywords.get("channels") else {"channels": channels}))
         self.mu_layer = mu_layer
         self.fusion = fusion
 

@@ -60,14 +60,14 @@ identity bank of the second half are not modelled (see docs/methods/aot.md).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from voszoo.layers.lstt import map_to_tokens
 from voszoo.layers.position import SinePositionEmbedding
-from voszoo.models.identity_model import IdentityVOSModel
+from voszoo.models.identity_model import IdentityVOSModel, complete_decoder
 
 if TYPE_CHECKING:
     from voszoo.decoders.fpn import FPNHead
@@ -88,7 +88,8 @@ class AOT(IdentityVOSModel):
     Args:
         encoder: ``image (B, 3, H, W) -> {scale: (B, C_s, H/s, W/s)}`` with a ``channels`` dict (scale -> C_s).
         lstt: the LSTT stack (its ``d_model`` is the token width C).
-        decoder: FPN head, ``(x (B, C (L+1), h, w), [s16, s8, s4]) -> (B, M+1, H/4, W/4)``.
+        decoder: FPN head, ``(x (B, C (L+1), h, w), [s16, s8, s4]) -> (B, M+1, H/4, W/4)``, or a partial of one
+            (``_partial_: true``) that the model completes with those three sizes (:mod:`voszoo.models.sizes`).
         identity: identity bank with M identities and width C.
         criterion: training losses (:class:`voszoo.losses.SegmentationCriterion`); None for inference only.
         embed_scale: encoder output projected to the LSTT width (MobileNetV2: ``"last"``, ResNet: ``"s16"``).
@@ -114,7 +115,7 @@ class AOT(IdentityVOSModel):
         *,
         encoder: nn.Module,
         lstt: LSTT,
-        decoder: FPNHead,
+        decoder: FPNHead | Callable[..., FPNHead],
         identity: IdentityBank,
         criterion: nn.Module | None = None,
         embed_scale: str = "last",
@@ -127,6 +128,9 @@ class AOT(IdentityVOSModel):
         id_dropout: float = 0.0,
         prior: MotionGuidedPrior | None = None,
     ) -> None:
+        decoder = complete_decoder(
+            decoder, encoder=encoder, propagator=lstt, identity=identity, skip_scales=skip_scales
+        )
         super().__init__(
             encoder=encoder,
             propagator=lstt,

@@ -56,7 +56,7 @@ frame t+1; ``ClipDataset(with_flow=True)`` (``data.train.with_flow=true``, ToyVO
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -66,7 +66,8 @@ from voszoo.layers.bilateral import BilateralSpaceEncoder
 from voszoo.layers.flow import NoFlow
 from voszoo.layers.position import SinePositionEmbedding
 from voszoo.losses import flow_mse
-from voszoo.models.identity_model import ASSIGNMENT_KEY, IdentityVOSModel
+from voszoo.models.identity_model import ASSIGNMENT_KEY, IdentityVOSModel, complete_decoder
+from voszoo.models.sizes import complete
 
 if TYPE_CHECKING:
     from voszoo.decoders.fpn import FPNHead
@@ -103,12 +104,14 @@ class BATMAN(IdentityVOSModel):
     Args:
         encoder: ``image -> {scale: (B, C_s, H/s, W/s)}`` with a ``channels`` dict.
         transformer: the bilateral transformer (its ``d_model`` is the token width C).
-        decoder: FPN head, ``(x (B, C (L+1), h, w), [s16, s8, s4]) -> (B, M+1, H/4, W/4)``.
+        decoder: FPN head, ``(x (B, C (L+1), h, w), [s16, s8, s4]) -> (B, M+1, H/4, W/4)``, or a partial of one
+            (``_partial_: true``) that the model completes with those three sizes (:mod:`voszoo.models.sizes`).
         identity: identity bank with M identities and width C.
         flow: initial flow source (``RAFTFlow``, ``GroundTruthFlow`` or ``NoFlow``).
         flow_encoder: ``flow (B, 2, H, W) -> {scale: ...}`` with ``channels`` (a ResNet with ``image_channels=2``);
             required unless the flow is ``NoFlow`` or the attention is ``spatial_local``.
-        calibration: the flow calibration U-Net (``mask_channels`` = M+1), or None to feed the raw flow (Table 4).
+        calibration: the flow calibration U-Net (``mask_channels`` = M+1; a partial gets it from ``identity``), or
+            None to feed the raw flow (Table 4).
         criterion: segmentation losses (bootstrapped CE + soft Jaccard); None for inference only.
         embed_scale: encoder scale projected to C and used as the query image encoding of E.
         skip_scales: encoder scales passed to the decoder (stride 16, 8, 4).
@@ -131,11 +134,11 @@ class BATMAN(IdentityVOSModel):
         *,
         encoder: nn.Module,
         transformer: BilateralTransformer,
-        decoder: FPNHead,
+        decoder: FPNHead | Callable[..., FPNHead],
         identity: IdentityBank,
         flow: nn.Module,
         flow_encoder: nn.Module | None = None,
-        calibration: FlowCalibration | None = None,
+        calibration: FlowCalibration | Callable[..., FlowCalibration] | None = None,
         criterion: nn.Module | None = None,
         embed_scale: str = "s16",
         skip_scales: Sequence[str] = ("s16", "s8", "s4"),
@@ -148,6 +151,9 @@ class BATMAN(IdentityVOSModel):
         reference_loss_weight: float = 0.0,
         teacher_forcing: float = 0.0,
     ) -> None:
+        decoder = complete_decoder(
+            decoder, encoder=encoder, propagator=transformer, identity=identity, skip_scales=skip_scales
+        )
         super().__init__(
             encoder=encoder,
             propagator=transformer,
@@ -166,6 +172,11 @@ class BATMAN(IdentityVOSModel):
             raise ValueError(
                 f"BATMAN: need flow_norm > 0 and flow_loss_weight >= 0; got {flow_norm}, {flow_loss_weight}"
             )
+        calibration = complete(
+            calibration,
+            key="calibration",
+            sizes={"mask_channels": (identity.num_identities + 1, "identity.num_identities + 1 (the mask's slots)")},
+        )
         channels = dict(encoder.channels)
         uses_encoding = transformer.attention == "bilateral"
         uses_flow = uses_encoding and not isinstance(flow, NoFlow)

@@ -30,18 +30,39 @@ from torch import Tensor, nn
 from voszoo.layers.lstt import map_to_tokens, tokens_to_map
 from voszoo.memory import EveryN, MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel, argmax_labels, labels_to_probs
+from voszoo.models.sizes import complete, scale_channels
 
 if TYPE_CHECKING:
     from voszoo.decoders.fpn import FPNHead
     from voszoo.layers.identity import IdentityBank
     from voszoo.types import Clip
 
-__all__ = ["ASSIGNMENT_KEY", "COUNTS_KEY", "MEMORY_MASKS", "IdentityVOSModel"]
+__all__ = ["ASSIGNMENT_KEY", "COUNTS_KEY", "MEMORY_MASKS", "IdentityVOSModel", "complete_decoder"]
 
 ASSIGNMENT_KEY = "id_assignment"
 COUNTS_KEY = "objects_per_sample"
 REFERENCE_OUTPUTS_KEY = "reference_outputs"
 MEMORY_MASKS = ("hard", "soft")
+
+
+def complete_decoder(
+    decoder: Any, *, encoder: nn.Module, propagator: nn.Module, identity: IdentityBank, skip_scales: Sequence[str]
+) -> FPNHead:
+    """The FPN decoder of a joint model, completed if it is a partial (:mod:`voszoo.models.sizes`): input d_model x
+    (layers + 1), output M + 1 identity logits, skips the encoder's ``skip_scales`` channels."""
+    d_model, layers = int(propagator.d_model), int(propagator.num_layers)
+    return complete(
+        decoder,
+        key="decoder",
+        sizes={
+            "in_channels": (d_model * (layers + 1), f"d_model x (layers + 1) = {d_model} x ({layers} + 1)"),
+            "out_channels": (identity.num_identities + 1, "identity.num_identities + 1"),
+            "skip_channels": (
+                scale_channels(encoder, tuple(skip_scales), key="encoder"),
+                f"the encoder's {tuple(skip_scales)} channels",
+            ),
+        },
+    )
 
 
 class IdentityVOSModel(VOSModel):

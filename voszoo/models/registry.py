@@ -113,7 +113,7 @@ def compose_model_config(
     name: str, overrides: list[str] | tuple[str, ...] = (), *, config_dir: ConfigDirs = None
 ) -> DictConfig:
     """The composed config node of model preset ``name`` with Hydra overrides relative to the model node
-    (``"decoder.mid_channels=128"``, ``"memory=fixed_count"``, ``"backbone@query_encoder=resnet18"``);
+    (``"decoder.mid_channels=128"``, ``"memory=fixed_count"``, ``"backbone@model.query_encoder=resnet18"``);
     ``config_dir``: folder(s) of one's own configs, searched as ``--config-dir`` would be.
 
     Uses Hydra's compose API without leaving global state behind, and restores a caller's own Hydra instance.

@@ -45,6 +45,7 @@ embeds the same features once per object), and the object-independent parts of t
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +53,7 @@ from torch import Tensor, nn
 from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
 from voszoo.models.per_object import aggregate_objects, memory_num_objects, update_presence
+from voszoo.models.sizes import complete, s16_size, scale_channels
 
 __all__ = ["SITVOS"]
 
@@ -76,6 +78,10 @@ class SITVOS(VOSModel):
         detach_memory_masks: memorise predicted probabilities without their gradient (official training).
         aggregation_eps: clamp of soft aggregation.
         presence_threshold: probability above which an object first written after the reference counts as present.
+
+    The embeddings, ``projection`` and ``decoder`` may be partials (``_partial_: true``) without their input sizes:
+    the model completes them from the built encoders' s16 and ``skip_scales`` channels and the embedding width C
+    (:mod:`voszoo.models.sizes`), so a backbone swap is one override.
     """
 
     multi_object = "per_object"
@@ -114,6 +120,34 @@ class SITVOS(VOSModel):
                 f"SITVOS: the mask encoder takes the 1-channel object mask alone, so it must be built with "
                 f"image_channels=1, got {mask_channels}"
             )
+        # partial parts (``_partial_: true``) get their sizes from the built encoders (voszoo.models.sizes)
+        skip_scales = tuple(skip_scales)
+        if isinstance(memory_embedding, partial):
+            sizes = {"in_channels": s16_size(encoder, key="encoder")}
+            memory_embedding = complete(memory_embedding, key="memory_embedding", sizes=sizes)
+        if isinstance(query_embedding, partial):
+            sizes = {"in_channels": s16_size(encoder, key="encoder")}
+            query_embedding = complete(query_embedding, key="query_embedding", sizes=sizes)
+        if isinstance(mask_embedding, partial):
+            sizes = {"in_channels": s16_size(mask_encoder, key="mask_encoder")}
+            mask_embedding = complete(mask_embedding, key="mask_embedding", sizes=sizes)
+        if isinstance(projection, partial) or isinstance(decoder, partial):
+            width = int(memory_embedding.out_channels) * (2 if concat_query else 1)
+            source = "T_out + Q_ori channels" if concat_query else "T_out channels"
+            projection = complete(projection, key="projection", sizes={"in_channels": (width, source)})
+            if projection is not None:
+                width, source = int(projection.out_channels), "projection.out_channels"
+            decoder = complete(
+                decoder,
+                key="decoder",
+                sizes={
+                    "in_channels": (width, source),
+                    "skip_channels": (
+                        scale_channels(encoder, skip_scales, key="encoder"),
+                        f"the encoder's {skip_scales} channels",
+                    ),
+                },
+            )
         self.encoder = encoder
         self.mask_encoder = mask_encoder
         self.memory_embedding = memory_embedding
@@ -123,7 +157,7 @@ class SITVOS(VOSModel):
         self.projection = projection
         self.decoder = decoder
         self.concat_query = concat_query
-        self.skip_scales = tuple(skip_scales)
+        self.skip_scales = skip_scales
         self.detach_memory_masks = detach_memory_masks
         self.aggregation_eps = aggregation_eps
         self.presence_threshold = presence_threshold

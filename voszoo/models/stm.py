@@ -61,6 +61,7 @@ checkpoint into it.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -71,11 +72,23 @@ from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
 from voszoo.models.init import copy_matching_weights
 from voszoo.models.per_object import aggregate_objects, memory_num_objects, update_presence
+from voszoo.models.sizes import complete, s16_size, scale_channels
 
 __all__ = ["STM"]
 
 MOTION_KEY = "query_s16"
 PRIOR_KEY = "prior_mask"
+
+
+def _value_channels(key_value: nn.Module) -> int:
+    """C_v of a key/value projection (its ``value`` convolution)."""
+    value = getattr(key_value, "value", None)
+    if not isinstance(value, nn.Conv2d):
+        raise ValueError(
+            f"STM: cannot read the value channels of a {type(key_value).__name__} to size a partial decoder; "
+            "build the decoder with its in_channels instead"
+        )
+    return int(value.out_channels)
 
 
 class STM(VOSModel):
@@ -108,6 +121,11 @@ class STM(VOSModel):
             object at 0.17 GB on this CPU); chunks of 1 bound the peak memory at a small batching cost, None (all
             objects at once) is the official behaviour and the fastest on a GPU. Same numbers either way. Training
             (autograd on) always takes every object at once.
+
+    Any of ``memory_key_value``, ``query_key_value``, ``decoder`` and ``motion`` may be a partial (``_partial_:
+    true``) without its sizes: the model completes it from the built encoders (their s16 channels; the query
+    encoder's ``skip_scales`` channels; memory + query value channels as the decoder input), so a backbone swap is
+    one override (:mod:`voszoo.models.sizes`).
     """
 
     multi_object = "per_object"
@@ -156,13 +174,34 @@ class STM(VOSModel):
                 f"STM: the memory encoder takes the object mask and the other-objects mask, so it must be built "
                 f"with extra_input_channels=2, got {extra}"
             )
+        # a partial part (``_partial_: true``) gets its sizes from the built encoders (voszoo.models.sizes)
+        skip_scales = tuple(skip_scales)
+        if isinstance(memory_key_value, partial):
+            sizes = {"in_channels": s16_size(memory_encoder, key="memory_encoder")}
+            memory_key_value = complete(memory_key_value, key="memory_key_value", sizes=sizes)
+        if isinstance(query_key_value, partial):
+            sizes = {"in_channels": s16_size(query_encoder, key="query_encoder")}
+            query_key_value = complete(query_key_value, key="query_key_value", sizes=sizes)
+        if isinstance(motion, partial):
+            motion = complete(motion, key="motion", sizes={"channels": s16_size(query_encoder, key="query_encoder")})
+        if isinstance(decoder, partial):
+            read = _value_channels(memory_key_value) + _value_channels(query_key_value)
+            skips = scale_channels(query_encoder, skip_scales, key="query_encoder")
+            decoder = complete(
+                decoder,
+                key="decoder",
+                sizes={
+                    "in_channels": (read, "the memory read: memory value + query value channels"),
+                    "skip_channels": (skips, f"the query encoder's {skip_scales} channels"),
+                },
+            )
         self.memory_encoder = memory_encoder
         self.query_encoder = query_encoder
         self.memory_key_value = memory_key_value
         self.query_key_value = query_key_value
         self.reader = reader
         self.decoder = decoder
-        self.skip_scales = tuple(skip_scales)
+        self.skip_scales = skip_scales
         self.aggregation_eps = aggregation_eps
         self.presence_threshold = presence_threshold
         self.motion = motion
