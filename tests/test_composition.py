@@ -5,9 +5,8 @@ import numpy as np
 import pytest
 import torch
 from clips_util import tiny_clip
-from hydra import compose, initialize_config_dir
 
-from voszoo._paths import conf_dir
+from voszoo.hydra_compose import compose_config
 from voszoo.inference.session import InferenceSession
 from voszoo.instantiate import ConfigError
 from voszoo.layers import MotionEnhancement, MotionGuidedPrior
@@ -131,8 +130,7 @@ def test_slot_missing_from_preset_fails_at_composition():
 def test_appended_slot_on_wrong_preset_fails_at_build():
     # `+model/motion=mu_layer` appends the slot anyway; building stops before any training, naming the argument
     # AOT does not take
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose(overrides=["+model=aot_t", "+model/motion=mu_layer"]).model
+    cfg = compose_config(None, ["+model=aot_t", "+model/motion=mu_layer"]).model
     with pytest.raises(ConfigError, match="AOT.*unexpected keyword argument 'motion'"):
         build_model(cfg)
 
@@ -143,8 +141,7 @@ def test_depth_sweep_keeps_the_decoder_input_in_step(preset: str, layers: int) -
     # DESIGN.md's sweep `voszoo-train -m model=aot_s,aot_b model.lstt.num_layers=1,2,3`: the FPN input is
     # d_model x (layers + 1), computed from the propagation node, so the depth alone is a valid override
     stack = "transformer" if preset.startswith("batman") else "lstt"
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={preset}", f"model.{stack}.num_layers={layers}"]).model
+    cfg = compose_config("train", [f"model={preset}", f"model.{stack}.num_layers={layers}"]).model
     model = build_model(cfg)
     width = int(cfg[stack].d_model)
     assert model.decoder.in_channels == width * (layers + 1) == model.decoder.conv_in.conv.in_channels
