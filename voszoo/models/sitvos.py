@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
 from voszoo.models.per_object import aggregate_objects, memory_num_objects, update_presence
-from voszoo.models.sizes import complete, s16_size, scale_channels
+from voszoo.models.sizes import complete, complete_from_s16, scale_channels
 
 __all__ = ["SITVOS"]
 
@@ -122,15 +122,15 @@ class SITVOS(VOSModel):
             )
         # partial parts (``_partial_: true``) get their sizes from the built encoders (voszoo.models.sizes)
         skip_scales = tuple(skip_scales)
-        if isinstance(memory_embedding, partial):
-            sizes = {"in_channels": s16_size(encoder, key="encoder")}
-            memory_embedding = complete(memory_embedding, key="memory_embedding", sizes=sizes)
-        if isinstance(query_embedding, partial):
-            sizes = {"in_channels": s16_size(encoder, key="encoder")}
-            query_embedding = complete(query_embedding, key="query_embedding", sizes=sizes)
-        if isinstance(mask_embedding, partial):
-            sizes = {"in_channels": s16_size(mask_encoder, key="mask_encoder")}
-            mask_embedding = complete(mask_embedding, key="mask_embedding", sizes=sizes)
+        memory_embedding = complete_from_s16(
+            memory_embedding, key="memory_embedding", encoder=encoder, encoder_key="encoder"
+        )
+        query_embedding = complete_from_s16(
+            query_embedding, key="query_embedding", encoder=encoder, encoder_key="encoder"
+        )
+        mask_embedding = complete_from_s16(
+            mask_embedding, key="mask_embedding", encoder=mask_encoder, encoder_key="mask_encoder"
+        )
         if isinstance(projection, partial) or isinstance(decoder, partial):
             width = int(memory_embedding.out_channels) * (2 if concat_query else 1)
             source = "T_out + Q_ori channels" if concat_query else "T_out channels"

@@ -16,7 +16,7 @@ from typing import Any
 
 from torch import nn
 
-__all__ = ["complete", "s16_size", "scale_channels"]
+__all__ = ["complete", "complete_from_s16", "s16_size", "scale_channels"]
 
 
 def complete(part: Any, *, key: str, sizes: Mapping[str, tuple[Any, str]]) -> Any:
@@ -49,6 +49,14 @@ def scale_channels(encoder: nn.Module, scales: Sequence[str], *, key: str) -> tu
 def s16_size(encoder: nn.Module, *, key: str) -> tuple[int, str]:
     """(``encoder``'s s16 channels, where they come from): a size for :func:`complete`."""
     return scale_channels(encoder, ("s16",), key=key)[0], f"the {key}'s s16 channels"
+
+
+def complete_from_s16(part: Any, *, key: str, encoder: nn.Module, encoder_key: str, size: str = "in_channels") -> Any:
+    """:func:`complete` with one size, ``size``, = ``encoder``'s s16 channels; a built ``part`` is returned as it is
+    (the encoder's channels are then not read)."""
+    if not isinstance(part, functools.partial):
+        return part
+    return complete(part, key=key, sizes={size: s16_size(encoder, key=encoder_key)})
 
 
 def _plain(value: Any) -> Any:

@@ -72,7 +72,7 @@ from voszoo.memory import MemoryBank
 from voszoo.models.base import FrameFeatures, VOSModel
 from voszoo.models.init import copy_matching_weights
 from voszoo.models.per_object import aggregate_objects, memory_num_objects, update_presence
-from voszoo.models.sizes import complete, s16_size, scale_channels
+from voszoo.models.sizes import complete, complete_from_s16, scale_channels
 
 __all__ = ["STM"]
 
@@ -176,14 +176,15 @@ class STM(VOSModel):
             )
         # a partial part (``_partial_: true``) gets its sizes from the built encoders (voszoo.models.sizes)
         skip_scales = tuple(skip_scales)
-        if isinstance(memory_key_value, partial):
-            sizes = {"in_channels": s16_size(memory_encoder, key="memory_encoder")}
-            memory_key_value = complete(memory_key_value, key="memory_key_value", sizes=sizes)
-        if isinstance(query_key_value, partial):
-            sizes = {"in_channels": s16_size(query_encoder, key="query_encoder")}
-            query_key_value = complete(query_key_value, key="query_key_value", sizes=sizes)
-        if isinstance(motion, partial):
-            motion = complete(motion, key="motion", sizes={"channels": s16_size(query_encoder, key="query_encoder")})
+        memory_key_value = complete_from_s16(
+            memory_key_value, key="memory_key_value", encoder=memory_encoder, encoder_key="memory_encoder"
+        )
+        query_key_value = complete_from_s16(
+            query_key_value, key="query_key_value", encoder=query_encoder, encoder_key="query_encoder"
+        )
+        motion = complete_from_s16(
+            motion, key="motion", encoder=query_encoder, encoder_key="query_encoder", size="channels"
+        )
         if isinstance(decoder, partial):
             read = _value_channels(memory_key_value) + _value_channels(query_key_value)
             skips = scale_channels(query_encoder, skip_scales, key="query_encoder")
