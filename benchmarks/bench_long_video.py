@@ -23,6 +23,12 @@ their ratio end / at (issue 10 asks for a peak within 10% of its frame-100 value
 Markdown table is printed. A failing run becomes a row with ``status: failed``; the others still run and the script
 exits with status 1.
 
+``--caps capped`` runs only the capped run (an uncapped memory that keeps every 5th frame makes a 1000-frame video at
+full size take hours for the heavier presets, and the reduced size already shows its growth). The JSON is rewritten
+after every run, and ``--resume`` keeps the ``ok`` rows already in ``--out`` that were measured with the same
+settings and runs only the missing ones, so a full-size benchmark can be spread over several sessions, one preset at
+a time.
+
     python benchmarks/bench_long_video.py                                   # every preset, 1000 frames at 480x854
     python benchmarks/bench_long_video.py --models stm_r18,aot_t --frames 30 --size 48x64
 """
@@ -246,6 +252,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="ToyVOS video seed and weight initialisation seed")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default: {DEFAULT_OUT})")
+    parser.add_argument(
+        "--caps", choices=("both", "capped", "uncapped"), default="both", help="which runs per preset (default both)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="keep the ok rows of --out measured with these settings; run the rest"
+    )
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # child mode: one run on a saved clip
     return parser
 
@@ -293,9 +305,40 @@ def _worker(args: argparse.Namespace, device: torch.device) -> int:
     return 0
 
 
+def resumed_rows(path: Path, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``ok`` rows of an earlier result at ``path`` (none if it does not exist); ValueError naming the file and
+    the setting when it was measured with other settings (its rows would not be comparable)."""
+    if not path.is_file():
+        return []
+    try:
+        earlier = json.loads(path.read_text())
+        earlier_settings, rows = earlier["settings"], earlier["results"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"--resume: {path} is not a bench_long_video result ({error})") from error
+    for key, value in settings.items():
+        if earlier_settings.get(key) != value:
+            raise ValueError(
+                f"--resume: {path} was measured with {key}={earlier_settings.get(key)!r}, this run asks for {value!r}; "
+                "use another --out or the same settings"
+            )
+    return [row for row in rows if row.get("status") == "ok"]
+
+
+def _has_row(rows: list[dict[str, Any]], name: str, max_frames: int | None) -> bool:
+    return any(row["preset"] == name and row["max_frames"] == max_frames for row in rows)
+
+
+def _write(out: Path, device: torch.device, settings: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    from voszoo.data.io import atomic_write_bytes
+
+    result = {"machine": machine_info(device), "settings": settings, "results": rows}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, (json.dumps(result) + "\n").encode())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from voszoo.data.io import VOSDataError, atomic_write_bytes
+    from voszoo.data.io import VOSDataError
     from voszoo.device import resolve_device
 
     try:
@@ -312,35 +355,42 @@ def main(argv: list[str] | None = None) -> int:
     from voszoo.data.toy import render_toyvos_video
 
     size = parse_size(args.size)
-    started = time.time()
-    clip, _ = render_toyvos_video(seed=args.seed, index=0, frames=min(args.clip_frames, args.frames), size=size)
-    rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="voszoo-long-video-clip-") as tmp:
-        clip_path = Path(tmp) / "clip.npz"
-        np.savez(clip_path, images=clip.frames, labels=clip.labels[0])
-        del clip
-        for name in models:
-            for max_frames in (args.max_frames, None):
-                rows.append(run_isolated(name, max_frames, clip_path=clip_path, args=args))
-
-    result = {
-        "machine": machine_info(device),
-        "settings": {
-            "frames": args.frames,
-            "size": list(size),
-            "max_frames": args.max_frames,
-            "at": args.at,
-            "clip_frames": min(args.clip_frames, args.frames),
-            "seed": args.seed,
-            "video": f"ToyVOS render_toyvos_video(seed={args.seed}, index=0), played forwards and backwards",
-            "weights": "random init (every `weights` key null, RAFT included)",
-            "units": "MB = 2**20 bytes; peak_mb = peak growth since the video started, held_mb = memory banks",
-            "minutes": round((time.time() - started) / 60.0, 2),
-        },
-        "results": rows,
+    settings = {
+        "frames": args.frames,
+        "size": list(size),
+        "max_frames": args.max_frames,
+        "at": args.at,
+        "clip_frames": min(args.clip_frames, args.frames),
+        "seed": args.seed,
+        "video": f"ToyVOS render_toyvos_video(seed={args.seed}, index=0), played forwards and backwards",
+        "weights": "random init (every `weights` key null, RAFT included)",
+        "units": "MB = 2**20 bytes; peak_mb = peak growth since the video started, held_mb = memory banks",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out, (json.dumps(result) + "\n").encode())
+    try:
+        rows = resumed_rows(args.out, settings) if args.resume else []
+    except ValueError as error:
+        print(f"bench_long_video: {error}", file=sys.stderr)
+        return 2
+    caps = {"both": (args.max_frames, None), "capped": (args.max_frames,), "uncapped": (None,)}[args.caps]
+    todo = [(name, cap) for name in models for cap in caps if not _has_row(rows, name, cap)]
+    if args.resume:
+        print(f"bench_long_video: {len(rows)} run(s) kept from {args.out}, {len(todo)} to run", file=sys.stderr)
+    started = time.time()
+    minutes = 0.0
+    if todo:
+        clip, _ = render_toyvos_video(seed=args.seed, index=0, frames=settings["clip_frames"], size=size)
+        with tempfile.TemporaryDirectory(prefix="voszoo-long-video-clip-") as tmp:
+            clip_path = Path(tmp) / "clip.npz"
+            np.savez(clip_path, images=clip.frames, labels=clip.labels[0])
+            del clip
+            for name, max_frames in todo:
+                row = run_isolated(name, max_frames, clip_path=clip_path, args=args)
+                row["minutes"] = round((time.time() - started) / 60.0 - minutes, 2)
+                minutes += row["minutes"]
+                rows.append(row)
+                _write(args.out, device, settings, rows)  # after every run: a killed benchmark keeps what it measured
+    else:
+        _write(args.out, device, settings, rows)
     print(format_markdown(rows))
     print(f"written {args.out}")
     png = args.out.with_suffix(".png")
